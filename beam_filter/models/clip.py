@@ -51,6 +51,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
 from beam_filter.models.base import file_sha256, is_remote, local_copy, resolve_device
+from beam_filter.models.clip_tokenizer import fast_tokenizer
 from beam_filter.models.image_prep import (CORRUPT_IMAGE, CpuImagePrep, GpuJpegPrep, PrepConfig,
                                            normalize_on_device)
 
@@ -118,6 +119,8 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
     (``openai``, ``dfn5b``), a checkpoint path (local or gs://), or None for random
     weights. ``preprocess_cfg`` is the dict open_clip attached to the model (size,
     mean, std, interpolation, resize_mode) -- what its own eval transform uses.
+    ``tokenizer`` is open_clip's, behind the word cache of :mod:`clip_tokenizer`
+    where that gives the same ids.
     """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -144,7 +147,7 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
     for p in net.parameters():
         p.requires_grad_(False)
     cfg = dict(open_clip.get_model_preprocess_cfg(net))
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
     return net, cfg, tokenizer
 
 
