@@ -3,6 +3,7 @@
     python benchmarks/bench_clip.py --arch ViT-B-32 --n 256 --json out.json
     python benchmarks/bench_clip.py --arch ViT-B-32,ViT-L-14 --n 64 --device cpu
     python benchmarks/bench_clip.py --measure-draft --n 120 --json draft.json
+    python benchmarks/bench_clip.py --tokenizer --n 20000
 
 Models have RANDOM weights (``create_model(arch, pretrained=None)`` through a config
 file), so nothing is downloaded; throughput does not depend on the weights. Images
@@ -31,6 +32,12 @@ Batch 256 did not help (B/32 gpu 1998, L/14 gpu 820). Scores are bit-identical t
 previous commit in every mode (fp32 and fp16, cpu draft/exact, gpu). The B/32 GPU path
 is bound by Python/GIL work around nvJPEG (decode call, per-image resize launches,
 tokenizer), not by the GPU: its forward pass on 256 images takes 10 ms of a ~60 ms batch.
+
+The table above used six fixed captions; the handler benchmark now pairs images with
+alt-text-like captions (:func:`web_captions`), which cost open_clip's tokenizer far more
+(``--tokenizer``, 2-core VM, 20,000 captions of 16.5 words: open_clip 138 us per caption
+warm / 190 cold, the cached tokenizer the handler uses 34 / 91). GPU figures with
+these captions have not been taken yet.
 
 On this project's 2-core CPU box (load from other jobs, so rough): preprocess only
 120-270 img/s with draft, 80-90 without; full handler fp32 ViT-B-32 1.7-1.9 img/s,

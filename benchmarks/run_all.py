@@ -13,13 +13,15 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# (script, arguments, whether it takes --json; the others print JSON lines, saved as <tag>.jsonl)
+# (output name, script, arguments, whether it takes --json; the others print JSON lines,
+# saved as <name>.jsonl)
 BENCHES = [
-    ("bench_pipeline.py", ["--samples", "4000", "--replicate", "16"], True),
-    ("bench_clip.py", ["--arch", "ViT-B-32", "--n", "256"], True),
-    ("bench_clip.py", ["--arch", "ViT-L-14", "--n", "48"], True),
-    ("bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000"], True),
-    ("bench_mlm.py", [], False),
+    ("bench_pipeline", "bench_pipeline.py", ["--samples", "4000", "--replicate", "16"], True),
+    ("bench_clip_vitb32", "bench_clip.py", ["--arch", "ViT-B-32", "--n", "256"], True),
+    ("bench_clip_vitl14", "bench_clip.py", ["--arch", "ViT-L-14", "--n", "48"], True),
+    ("bench_clip_tokenizer", "bench_clip.py", ["--tokenizer", "--n", "20000"], True),
+    ("bench_cluster", "bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000"], True),
+    ("bench_mlm", "bench_mlm.py", [], False),
 ]
 
 
@@ -30,11 +32,10 @@ def main() -> int:
     args = ap.parse_args()
     os.makedirs(args.output, exist_ok=True)
     failed = []
-    for script, extra, takes_json in BENCHES:
+    for tag, script, extra, takes_json in BENCHES:
         if args.only and script != args.only:
             continue
         path = os.path.join(HERE, script)
-        tag = script[:-3] + ("_" + extra[1].replace("-", "").lower() if script == "bench_clip.py" else "")
         cmd = [sys.executable, path, *extra]
         if takes_json:
             cmd += ["--json", os.path.join(args.output, f"{tag}.json")]

@@ -22,8 +22,9 @@ several SDK processes. Everything the proxy needs is the one method
 :meth:`ClipRunner.infer`, so both modes run the same code.
 
 Thread safety: threads of a worker share one :class:`ClipRunner`. Image decoding
-runs outside any lock (in a shared thread pool), tokenisation and queueing the
-forward pass each hold a lock. On CUDA each thread works on its own stream, so one
+runs outside any lock (in a shared thread pool), tokenisation (open_clip's
+tokenizer behind a word cache, :mod:`beam_filter.models.clip_tokenizer`) and
+queueing the forward pass each hold a lock. On CUDA each thread works on its own stream, so one
 thread's nvJPEG decode, resize and copies run beside another's forward pass instead
 of waiting behind it on one queue; the model lock is released once the pass is
 queued (results come back in one copy outside it), so at most two batches of
