@@ -235,6 +235,46 @@ def test_gpu_prep_falls_back_per_image(reference, images):
             assert torch.equal(x[i], rx[i]) and torch.equal(xf[i], rxf[i]), i
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_gpu_prep_pixels_are_rounded_float_resize(images, interpolation):
+    """The GPU path's values, pinned: torch's antialiased float resize of the decoded
+    image, rounded and clamped like uint8, then cropped (and mirrored) per geometry()."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(tensors, device):
+        return [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors]
+
+    cfg = image_prep.PrepConfig(64, (0.5,) * 3, (0.5,) * 3, interpolation=interpolation)
+    cpu = image_prep.CpuImagePrep(cfg, draft=False, threads=1)
+    jpegs = [b for b in images if image_prep.is_jpeg(b)
+             and Image.open(io.BytesIO(b)).mode == "RGB" and not Image.open(io.BytesIO(b)).info.get("progressive")]
+    assert len(jpegs) >= 3
+    batch = image_prep.GpuJpegPrep(cfg, torch.device("cpu"), cpu, decode_fn=decode).prepare(jpegs)
+    for i, data in enumerate(jpegs):
+        chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        geo = image_prep.geometry(chw.shape[2], chw.shape[1], cfg)
+        x = torch.nn.functional.interpolate(chw.float()[None], size=(geo.new_h, geo.new_w), mode=interpolation,
+                                            antialias=True, align_corners=False)[0].round().clamp(0, 255)
+        crop = x[:, geo.top:geo.top + 64, geo.left:geo.left + 64].permute(1, 2, 0)
+        window = x[:, geo.top:geo.top + 64, geo.mirror_left:geo.mirror_left + 64].permute(1, 2, 0)
+        assert torch.equal(batch.pixels[i], crop), i
+        assert torch.equal(batch.mirror_windows[i], window), i
+
+
+def test_gpu_prep_without_torchvision_decoder_is_user_error(monkeypatch):
+    """A torchvision without decode_jpeg (deprecated since 0.29) fails at load, not by
+    silently sending every image down the CPU fallback."""
+    import torch
+    import torchvision.io
+
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    cfg = image_prep.PrepConfig(64, (0.5,) * 3, (0.5,) * 3)
+    cpu = image_prep.CpuImagePrep(cfg, threads=1)
+    with pytest.raises(UserError, match="decode_jpeg"):
+        image_prep.GpuJpegPrep(cfg, torch.device("cpu"), cpu)
+
+
 def test_decode_gpu_without_cuda_is_user_error(tiny):
     import torch
 

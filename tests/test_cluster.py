@@ -130,7 +130,7 @@ def test_semdedup_counts_dropped_earlier_items_and_blocks_match():
     best1, arg1 = semdedup.max_sim_to_earlier(big, block=7)
     best2, arg2 = semdedup.max_sim_to_earlier(big, block=1000)
     assert np.array_equal(arg1, arg2)
-    np.testing.assert_allclose(best1, best2)
+    np.testing.assert_allclose(best1, best2, rtol=0, atol=1e-6)   # BLAS may differ by an ulp per block shape
 
 
 def test_semdedup_slices_bounded_subset_of_exact():

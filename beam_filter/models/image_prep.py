@@ -315,7 +315,7 @@ class GpuJpegPrep:
         self.cfg = cfg
         self.device = device
         self.cpu = cpu
-        self.decode_fn = decode_fn or _torchvision_decode
+        self.decode_fn = decode_fn or _torchvision_decoder()
 
     def _decode_all(self, blobs: list) -> list:
         """Decode JPEGs on the device: a batch call, then one by one if the batch fails."""
@@ -336,10 +336,13 @@ class GpuJpegPrep:
     def prepare(self, images: Sequence[bytes]) -> PreparedBatch:
         """Decode, resize and crop; the batch is assembled with one ``stack`` per output.
 
-        Per image this launches four kernels (to float, resize, round, clamp) and no
-        copies: the crop and the mirror window are views that ``torch.stack`` gathers
-        for the whole batch at once (the per-image ``pixels[i] = crop`` copies and
-        uint8 conversions of the first version were half of the launches).
+        Per image this launches two kernels (to float, resize) and no copies: the
+        crop and the mirror window are views that ``torch.stack`` gathers for the
+        whole batch at once, and the rounding and clamping a uint8 result implies run
+        once on each stacked batch (element-wise, so the values are those of rounding
+        each resized image; the first version's per-image copies, uint8 conversions,
+        rounds and clamps were two thirds of the launches, which the one Python thread
+        issuing them pays for under the GIL).
         """
         import torch
 
@@ -373,33 +376,60 @@ class GpuJpegPrep:
             for j, i in enumerate(fallback):
                 errors[i] = cpu.errors[j]
                 crops[i], windows[i] = dev[j], dev_win[j]
-        pixels = torch.stack(crops).permute(0, 2, 3, 1)
-        mirror_windows = torch.stack(windows).permute(0, 2, 3, 1)
+        pixels = _as_uint8_values(torch.stack(crops)).permute(0, 2, 3, 1)
+        mirror_windows = _as_uint8_values(torch.stack(windows)).permute(0, 2, 3, 1)
         return PreparedBatch(pixels, {}, errors, mirror_windows)
 
 
-def _torchvision_decode(tensors: list, device) -> list:
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _torchvision_decoder():
+    """torchvision's batched nvJPEG ``decode_jpeg``, or a clear error where it is gone.
 
-    return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    torchvision deprecated its image decoders in 0.29 in favour of TorchCodec. Were
+    ``decode_jpeg`` missing, every batch would fail, fall back to the CPU path image
+    by image and run slower with no error, so its absence is said at load time.
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError as e:
+        raise UserError("decode=gpu needs torchvision.io.decode_jpeg, which this torchvision "
+                        f"does not have ({e}); use decode=cpu or a torchvision that has it") from e
+
+    def decode(tensors: list, device) -> list:
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+
+    return decode
 
 
 def _resize_on_device(chw, cfg: PrepConfig):
-    """uint8 CHW -> float32 CHW of whole numbers 0..255, resized like :func:`geometry` says.
+    """uint8 CHW -> float32 CHW resized like :func:`geometry` says, not yet rounded.
 
-    Antialiased with PIL's kernel, rounded and clamped as a uint8 result would be
-    (the same values as the uint8 version, without the conversion kernel).
+    Antialiased with PIL's kernel in one float pass; :func:`_as_uint8_values` then
+    rounds and clamps the stacked batch as a uint8 result would be (the values of
+    the uint8 version, without the conversion kernel).
     """
-    import torch
-
     geo = geometry(int(chw.shape[2]), int(chw.shape[1]), cfg)
     x = chw.float()
     if (geo.new_h, geo.new_w) != tuple(chw.shape[1:]):
-        x = torch.nn.functional.interpolate(
-            x[None], size=(geo.new_h, geo.new_w), mode=cfg.interpolation,
-            antialias=True, align_corners=False)[0]
-        x = x.round_().clamp_(0, 255)
+        x = _antialiased_resize(x[None], (geo.new_h, geo.new_w), cfg.interpolation)[0]
     return x, geo
+
+
+def _antialiased_resize(x, size: tuple[int, int], interpolation: str):
+    """``F.interpolate(x, size, mode, antialias=True, align_corners=False)``, minus its
+    Python argument checks (about 7 us per call, once per image on the GPU path): the
+    aten op F.interpolate itself calls, with the same arguments."""
+    import torch
+
+    op = getattr(torch._C._nn, f"_upsample_{interpolation}2d_aa", None)
+    if op is None:   # a torch without the private op: the public call gives the same values
+        return torch.nn.functional.interpolate(x, size=size, mode=interpolation,
+                                               antialias=True, align_corners=False)
+    return op(x, list(size), False, None)
+
+
+def _as_uint8_values(x):
+    """Round and clamp to 0..255 in place: float whole numbers, as a uint8 image would hold."""
+    return x.round_().clamp_(0, 255)
 
 
 # ---------------------------------------------------------------- on the device
