@@ -2,7 +2,8 @@
 
     python benchmarks/bench_clip.py --arch ViT-B-32 --n 256 --json out.json
     python benchmarks/bench_clip.py --arch ViT-B-32,ViT-L-14 --n 64 --device cpu
-    python benchmarks/bench_clip.py --measure-draft --n 120 --json draft.json
+    python benchmarks/bench_clip.py --measure-draft --n 120 --images large --json draft.json
+    python benchmarks/bench_clip.py --prep-only --n 512 --images datacomp
     python benchmarks/bench_clip.py --tokenizer --n 20000
 
 Models have RANDOM weights (``create_model(arch, pretrained=None)`` through a config
@@ -39,8 +40,10 @@ alt-text-like captions (:func:`web_captions`), which cost open_clip's tokenizer 
 warm / 190 cold, the cached tokenizer the handler uses 34 / 91). GPU figures with
 these captions have not been taken yet.
 
-On this project's 2-core CPU box (load from other jobs, so rough): preprocess only
-120-270 img/s with draft, 80-90 without; full handler fp32 ViT-B-32 1.7-1.9 img/s,
+All figures above used large web photos (now ``--images large``); the default profile is
+DataComp-sized images (longer side <= 512). On this project's 2-core CPU box, preprocess only
+(``--prep-only --n 512``): DataComp-sized 666 img/s with draft, 628 without; large 417 and
+201 (an earlier, busier run of the large profile: 120-270 and 80-90); full handler fp32 ViT-B-32 1.7-1.9 img/s,
 ViT-L-14 0.1-0.2 img/s.
 """
 
@@ -116,22 +119,35 @@ def photo_jpeg(rng, w: int, h: int, quality: int) -> bytes:
     return out.getvalue()
 
 
-def _one_image(seed: int, i: int) -> bytes:
+# Image size profiles. "large": short side 128-1600 px (log-uniform), aspect 0.5-2, as
+# photos come from the web. "datacomp": the same photos as DataComp's downloader stores
+# them (img2dataset image_size=512, resize_mode=keep_ratio_largest,
+# resize_only_if_bigger: the longer side at most 512 px), the images a DataComp pool holds.
+IMAGE_PROFILES = ("datacomp", "large")
+DATACOMP_MAX_SIDE = 512
+
+
+def _one_image(seed: int, i: int, profile: str = "datacomp") -> bytes:
     rng = np.random.default_rng([seed, i])
     short = int(np.exp(rng.uniform(np.log(128), np.log(1600))))
     aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
     w, h = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
+    if profile == "datacomp" and max(w, h) > DATACOMP_MAX_SIDE:
+        scale = DATACOMP_MAX_SIDE / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
     return photo_jpeg(rng, w, h, int(rng.integers(75, 96)))
 
 
-def make_images(n: int, seed: int = 0) -> list[bytes]:
+def make_images(n: int, seed: int = 0, profile: str = "datacomp") -> list[bytes]:
     """``n`` JPEGs, image i from its own generator (seed, i): the same set on any core count."""
     from concurrent.futures import ProcessPoolExecutor
 
+    if profile not in IMAGE_PROFILES:
+        raise SystemExit(f"unknown image profile {profile!r}: use one of {', '.join(IMAGE_PROFILES)}")
     if n < 32 or (os.cpu_count() or 1) < 4:
-        return [_one_image(seed, i) for i in range(n)]
+        return [_one_image(seed, i, profile) for i in range(n)]
     with ProcessPoolExecutor(min(16, os.cpu_count())) as pool:
-        return list(pool.map(_one_image, [seed] * n, range(n), chunksize=8))
+        return list(pool.map(_one_image, [seed] * n, range(n), [profile] * n, chunksize=8))
 
 
 def random_arch_config(arch: str, directory: str) -> str:
@@ -237,7 +253,7 @@ def bench_arch(arch, images, args, tmp):
         res["image_size"] = runner.prep_cfg.size
         res[f"prep_only_{key}_img_s"] = bench_prep(images, runner.prep_cfg, draft, args.threads,
                                                    decode, runner.device)
-        for conc in args.concurrency:
+        for conc in ([] if args.prep_only else args.concurrency):
             with GpuBusySampler() as busy:
                 res[f"handler_{key}_c{conc}_img_s"] = bench_handler(runner, images,
                                                                    args.batch_size, conc)
@@ -326,6 +342,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="ViT-B-32", help="comma-separated open_clip architectures")
     ap.add_argument("--n", type=int, default=256, help="number of generated JPEGs")
+    ap.add_argument("--images", default="datacomp", choices=IMAGE_PROFILES,
+                    help="image sizes: as a DataComp pool stores them (longer side <= 512, the "
+                         "default) or large web photos (short side 128-1600 px)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
@@ -336,6 +355,8 @@ def main(argv=None):
                     help="comma-separated preprocessing variants: cpu_draft, cpu_exact, gpu")
     ap.add_argument("--code-root", default=None,
                     help="directory holding the beam_filter package to benchmark (default: this checkout)")
+    ap.add_argument("--prep-only", action="store_true",
+                    help="time decoding/preprocessing alone, not the model (for CPU-only machines)")
     ap.add_argument("--measure-draft", action="store_true")
     ap.add_argument("--tokenizer", action="store_true",
                     help="only time open_clip's tokenizer against the cached one (--n captions)")
@@ -355,12 +376,13 @@ def main(argv=None):
         return
 
     t = time.perf_counter()
-    images = make_images(args.n)
+    images = make_images(args.n, profile=args.images)
     sizes = [len(b) for b in images]
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-              "images": {"n": len(images), "mean_kb": round(float(np.mean(sizes)) / 1024, 1),
+              "images": {"n": len(images), "profile": args.images,
+                         "mean_kb": round(float(np.mean(sizes)) / 1024, 1),
                          "generated_s": round(time.perf_counter() - t, 1)}}
     with tempfile.TemporaryDirectory() as tmp:
         if args.measure_draft:

@@ -26,7 +26,7 @@ GPU worker that is the bottleneck (clip-retrieval reports ViT-B/32 throughput
 * an image that fails to decode becomes a black placeholder and an error string, so
   one bad JPEG never fails a batch.
 
-Draft vs reference, measured with ``benchmarks/bench_clip.py --measure-draft --n 120``
+Draft vs reference, measured with ``benchmarks/bench_clip.py --measure-draft --n 120 --images large``
 (120 generated photo-like JPEGs, short side 128-1600 px, aspect 0.5-2, quality 75-95;
 fp32; |cosine difference| over score and flipped score, same weights both ways):
 
