@@ -17,7 +17,10 @@ Format::
           stages: [ {uid_subset: {path: dfn.npy}}, {mlm: {threshold: 85}} ]
 
 ``--set STAGE_ID.PARAM=VALUE`` overrides one parameter (``--set any_of.mlm.threshold=80``
-reaches into a combinator).
+reaches into a combinator). Where no stage has that id, a stage *type* names the one
+stage of that type in the recipe, nested or not, so ``--set clip.model=ViT-S-32-alt``
+works on any recipe with a single CLIP stage whatever its id (two of a type: name one
+by its id).
 """
 
 from __future__ import annotations
@@ -187,14 +190,34 @@ def _apply_override(specs: list[dict], override: str) -> None:
     *ids, param = path.split(".")
     level, spec = specs, None
     for sid in ids:
-        spec = next((s for s in level if s["id"] == sid), None)
-        if spec is None:
-            known = ", ".join(s["id"] for s in level)
-            raise UserError(f"--set {override!r}: no stage {sid!r} in the recipe (stages: {known})")
+        spec = _find_stage(override, level, sid)
         level = spec.get("children", [])
     if "children" in spec:
         raise UserError(f"--set {override!r}: {spec['id']!r} is a combinator; name a sub-stage")
     spec["params"][param] = yaml.safe_load(value) if value.strip() else None
+
+
+def _find_stage(override: str, level: list[dict], name: str) -> dict:
+    """The stage ``name`` names in ``level``: by id, else the only stage of that type at
+    or below this level."""
+    spec = next((s for s in level if s["id"] == name), None)
+    if spec is not None:
+        return spec
+
+    def walk(specs):
+        for s in specs:
+            yield s
+            yield from walk(s.get("children", []))
+
+    of_type = [s for s in walk(level) if s["type"] == name]
+    if len(of_type) == 1:
+        return of_type[0]
+    if of_type:
+        ids = ", ".join(s["id"] for s in of_type)
+        raise UserError(f"--set {override!r}: {len(of_type)} stages of type {name!r} ({ids}); "
+                        "name one by its id")
+    known = ", ".join(s["id"] for s in level)
+    raise UserError(f"--set {override!r}: no stage {name!r} in the recipe (stages: {known})")
 
 
 def _check_unique_ids(source: str, specs: list[dict], seen: set | None = None) -> None:
