@@ -57,7 +57,7 @@ def test_params_are_validated():
     s = build_stage("clip_l14", "clip", {"model": "ViT-L-14", "fraction": 0.3})
     assert s.is_model_stage and s.uses_global_info and not s.is_grouping_stage
     assert s.score_config() == {"model": "ViT-L-14", "pretrained": "openai", "precision": "auto",
-                                "draft": True, "decode": "cpu", "flip": True}
+                                "draft": False, "decode": "cpu", "flip": True}
 
 
 def test_columns_in_beam_equal_the_handler(tiny_stage, tmp_path):

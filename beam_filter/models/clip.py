@@ -307,7 +307,7 @@ class ClipModelHandler(ModelHandler):
     """
 
     def __init__(self, model: str, pretrained: str | None = None, device: str = "auto",
-                 batch_size: int = 64, precision: str = "auto", draft: bool = True,
+                 batch_size: int = 64, precision: str = "auto", draft: bool = False,
                  decode_threads: int | None = None, decode: str = "cpu",
                  share_across_processes: bool = False, model_copies: int = 1, flip: bool = True):
         if not model:
