@@ -1,4 +1,4 @@
-"""open_clip's byte-level BPE tokenizer, same ids, about 8x less Python per caption.
+"""open_clip's byte-level BPE tokenizer, same ids, about 4x less Python per caption.
 
 On a GPU worker scoring ViT-B-32 the CLIP forward pass is a small part of a batch;
 most of the wall time is Python holding the GIL, and open_clip's
@@ -54,14 +54,12 @@ class CachedClipTokenizer:
         return self.simple.clean_fn(text)
 
     def _word_ids(self, word: str) -> list[int]:
-        """open_clip's per-word step: utf-8 bytes -> byte-unicode -> BPE -> ids (cached)."""
-        ids = self._ids.get(word)
-        if ids is None:
-            s = self.simple
-            encoded = "".join(s.byte_encoder[b] for b in word.encode("utf-8"))
-            ids = [s.encoder[piece] for piece in s.bpe(encoded).split(" ")]
-            if len(self._ids) < self.max_words:
-                self._ids[word] = ids
+        """open_clip's per-word step for a cache miss: utf-8 bytes -> byte-unicode -> BPE -> ids."""
+        s = self.simple
+        encoded = "".join(s.byte_encoder[b] for b in word.encode("utf-8"))
+        ids = [s.encoder[piece] for piece in s.bpe(encoded).split(" ")]
+        if len(self._ids) < self.max_words:
+            self._ids[word] = ids
         return ids
 
     def encode(self, text: str) -> list[int]:
