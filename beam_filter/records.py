@@ -40,6 +40,9 @@ IMAGE_BYTES = "image_bytes"       # size of the encoded image
 SHA256 = "sha256"                 # sha256 hex of the encoded image bytes
 # Set at read time when the sample cannot be scored at all.
 READ_ERROR = "read_error"         # e.g. "corrupt_image", "missing_caption"; None when fine
+# Set at read time when a sample is usable but something about it deserves a look
+# (e.g. "duplicate_key": its key appeared earlier in the same shard, so it was renamed).
+WARNING = "warning"
 # Decision columns.
 KEPT = "kept"
 COPIES = "copies"
@@ -66,6 +69,7 @@ class Sample:
     caption: str | None = None
     meta: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
+    warning: str | None = None     # see WARNING; never a reason to drop
     features: dict = dataclasses.field(default_factory=dict)
     # Raw members exactly as read (name suffix -> bytes), kept only where
     # byte-identical rewriting needs them (reshard).
@@ -82,9 +86,24 @@ class Verdict(NamedTuple):
 
 
 def new_row(sample: Sample) -> dict[str, Any]:
-    """The score row of a sample: identity, features, no bytes."""
-    row = {UID: sample.uid, SHARD: sample.shard, KEY: sample.key,
-           URL: sample.meta.get("url") if isinstance(sample.meta, dict) else None,
-           CAPTION: sample.caption, READ_ERROR: sample.error}
+    """The score row of a sample: identity, features, no bytes.
+
+    Always has a ``warning`` key (None by default), so every scores/decisions
+    file has the column.
+    """
+    url = sample.meta.get("url") if isinstance(sample.meta, dict) else None
+    row = {UID: sample.uid, SHARD: sample.shard, KEY: sample.key, URL: storable_text(url),
+           CAPTION: sample.caption, READ_ERROR: sample.error, WARNING: sample.warning}
     row.update(sample.features)
     return row
+
+
+def storable_text(value: Any) -> Any:
+    """A string parquet can store: json may hold lone surrogates (``"\\ud800"``), which
+    UTF-8 cannot encode; they become ``\\ud800`` escapes. Other values pass through."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value

@@ -7,6 +7,7 @@ and the plain-loop benchmark import this module in fresh processes, and
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from typing import NamedTuple
@@ -35,21 +36,46 @@ class StageClock:
         t[1] += n
 
 
+FEATURE_ERROR = "feature_error"    # reason prefix: ``feature_error:<stage id>``
+_log = logging.getLogger(__name__)
+_warned_stages: set[str] = set()
+
+
 def add_features(sample: R.Sample, stages, timers: StageClock | None = None) -> R.Sample:
-    """Run every stage's cheap ``features`` hook on a usable sample (pure apart from timers)."""
+    """Run every stage's cheap ``features`` hook on a usable sample (pure apart from timers).
+
+    A hook that raises on this sample makes it ``feature_error:<stage id>`` (a
+    warning with the exception is logged once per stage and process); the job
+    goes on with the next sample.
+    """
     if sample.error is not None:
         return sample
     for stage in stages:
         t0 = time.perf_counter()
-        cols = stage.features(sample)
-        if timers is not None:
-            timers.add(stage.id, time.perf_counter() - t0)
+        try:
+            cols = stage.features(sample)
+        except Exception as e:  # noqa: BLE001 - one bad record must never take the job down
+            _warn_once(stage.id, sample, e)
+            sample.error = f"{FEATURE_ERROR}:{stage.id}"
+            return sample
+        finally:
+            if timers is not None:
+                timers.add(stage.id, time.perf_counter() - t0)
         if cols:
             sample.features.update(cols)
             if cols.get(R.READ_ERROR):
                 sample.error = cols[R.READ_ERROR]
                 return sample
     return sample
+
+
+def _warn_once(stage_id: str, sample: R.Sample, e: Exception) -> None:
+    if stage_id in _warned_stages:
+        return
+    _warned_stages.add(stage_id)
+    _log.warning("stage %s failed on sample %r of %s (%s: %s); such samples are dropped as %s:%s "
+                 "(logged once per stage)", stage_id, sample.key, sample.shard, type(e).__name__, e,
+                 FEATURE_ERROR, stage_id, exc_info=e)
 
 
 def score_row(sample: R.Sample) -> dict:

@@ -7,6 +7,21 @@ name). A shard that is not a tar, or is cut short, ends the stream with a
 :class:`ShardError` *after* yielding every complete sample before the damage,
 so the caller can record rows for those and a file-level error for the rest.
 
+Member names are kept as they are in the tar (extension case included), so a
+writer that names members ``f"{key}.{ext}"`` reproduces them byte for byte.
+Three things about a group are settled here, once, so every reader of a shard
+(the score phase, the reshard writer, the report) agrees on them:
+
+* a key seen again later in the same shard is renamed ``key#1``, ``key#2``...
+  (:class:`_KeyNames`): a sample is identified by (source shard, key), and two
+  samples never share one;
+* a member whose name would escape the folder it is extracted into, or cannot be
+  stored as text (:func:`unsafe_name_reason`), is never read: its group is
+  flagged ``unsafe_member_name``;
+* non-regular members (symlinks, hard links, devices, fifos, directories named
+  like sample members) are never read either, but still form groups, so a key
+  made only of them gets a row (``no_regular_members``) instead of vanishing.
+
 Writing uses fixed header fields (mtime 0, uid/gid 0, empty owner names, mode
 0644, GNU format) so the same samples give byte-identical tars on every run.
 """
@@ -15,13 +30,21 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from typing import BinaryIO, Iterator
 
 from beam_filter import fsio
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Extensions the reader uses; a *directory* named like one of them is taken for a
+# (broken) sample member, any other directory entry is a plain folder and skipped.
+SAMPLE_EXTS = IMAGE_EXTS + ("txt", "json")
 FIXED_MTIME = 0
+
+UNSAFE_MEMBER_NAME = "unsafe_member_name"     # sample reasons set from a group's flags
+NO_REGULAR_MEMBERS = "no_regular_members"
+DUPLICATE_KEY = "duplicate_key"               # a warning, not a reason: the sample was renamed
 
 
 class ShardError(Exception):
@@ -34,38 +57,171 @@ class ShardError(Exception):
         self.partial_key = partial_key   # key of a sample cut off by the damage, if any
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """``"dir/000001.seg.jpg"`` -> (``"dir/000001"``, ``"seg.jpg"``), as webdataset's base_plus_ext."""
+def split_member_name(name: str, lower: bool = True) -> tuple[str, str]:
+    """``"dir/000001.seg.jpg"`` -> (``"dir/000001"``, ``"seg.jpg"``), as webdataset's base_plus_ext.
+
+    ``lower=False`` keeps the extension as written (what :func:`iter_tar_groups` yields).
+    """
     directory, base = os.path.split(name)
     if "." not in base:
         return name, ""
     stem, ext = base.split(".", 1)
-    return (os.path.join(directory, stem) if directory else stem), ext.lower()
+    return (os.path.join(directory, stem) if directory else stem), (ext.lower() if lower else ext)
 
 
-def iter_tar_groups(fileobj: BinaryIO, wanted: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {ext: bytes})`` for each sample, streaming.
+# C0 and C1 control characters (NUL, newline, ESC...), backslashes, and the lone
+# surrogates tarfile's surrogateescape leaves for bytes that are not UTF-8.
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\\\ud800-\udfff]")
+_DRIVE = re.compile("[A-Za-z]:")
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why a member name must not be read or written, or None when it is safe.
+
+    Unsafe: not valid UTF-8 (parquet cannot store it), a control character (NUL,
+    newline...), a backslash (a separator on Windows), an absolute path (``/x``,
+    ``C:x``) or a ``..`` path component: extracting such a member writes outside
+    the folder it is extracted into, or under a name nobody can type.
+    """
+    m = _UNSAFE_CHARS.search(name)
+    if m is not None:
+        c = m.group()
+        if "\ud800" <= c <= "\udfff":
+            return "not_utf8"
+        return "backslash" if c == "\\" else "control_character"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "absolute_path"
+    if ".." in name and ".." in name.split("/"):
+        return "parent_directory"
+    return None
+
+
+def printable_name(name: str) -> str:
+    """``name`` as text parquet can store and a person can read, one-to-one.
+
+    Bytes that are not UTF-8 become ``\\xNN``, control characters ``\\xNN``/``\\n``, and a
+    backslash is doubled, so two different names never print the same. Safe names
+    (:func:`unsafe_name_reason` is None) are returned unchanged.
+    """
+    if unsafe_name_reason(name) is None:
+        return name
+    name = name.replace("\\", "\\\\")
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:     # a surrogate no byte decodes to: not from a tar, keep it visible
+        raw = name.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class Members(dict):
+    """One sample's regular members, ``{ext as written: bytes}``, and what the group says.
+
+    ``source_key``: the key as written in the tar (the yielded key differs when the
+    group was renamed, see :attr:`renamed`). ``unsafe``: the
+    :func:`unsafe_name_reason` of the first unsafe member name (never read).
+    ``irregular``: how many non-regular members (never read) the group had.
+    """
+
+    def __init__(self, source_key: str):
+        super().__init__()
+        self.source_key = source_key
+        self.renamed = False
+        self.unsafe: str | None = None
+        self.irregular = 0
+        self.exts: set[str] = set()      # every extension seen, read or not
+
+    @property
+    def problem(self) -> str | None:
+        """The reason this group can never be a kept sample, or None."""
+        if self.unsafe is not None:
+            return UNSAFE_MEMBER_NAME
+        if self.irregular and not self:
+            return NO_REGULAR_MEMBERS
+        return None
+
+
+class _KeyNames:
+    """The name each group of a shard is yielded under: its key, or ``key#n`` when taken.
+
+    n counts from 1 per key and skips names already used (a real key ``a#1`` seen
+    before, or a rename), so names are unique within the shard and the same on
+    every read.
+    """
+
+    def __init__(self):
+        self.taken: set[str] = set()
+        self.next: dict[str, int] = {}
+
+    def claim(self, key: str) -> tuple[str, bool]:
+        if key not in self.taken:
+            self.taken.add(key)
+            return key, False
+        n = self.next.get(key, 1)
+        while f"{key}#{n}" in self.taken:
+            n += 1
+        self.next[key] = n + 1
+        name = f"{key}#{n}"
+        self.taken.add(name)
+        return name, True
+
+
+def _is_sample_member(info: tarfile.TarInfo) -> bool:
+    """Regular files, and every non-regular entry except plain folders (webdataset skips those)."""
+    if info.isfile():
+        return True
+    if info.isdir():
+        ext = split_member_name(info.name.rstrip("/"))[1]
+        return ext.rsplit(".", 1)[-1] in SAMPLE_EXTS
+    return True
+
+
+def iter_tar_groups(fileobj: BinaryIO, wanted: set[str] | None = None) -> Iterator[tuple[str, Members]]:
+    """Yield ``(key, Members)`` for each sample, streaming.
+
+    A group is a run of consecutive members with the same key, as in webdataset,
+    except that an extension repeated within the run starts a new group (two
+    ``a.jpg`` in a row are two samples; the second is renamed). A key seen earlier
+    in the shard is yielded as ``key#1``, ``key#2``... (:class:`_KeyNames`), counted
+    over every group whether wanted or not, so all readers name samples alike.
 
     ``wanted``: when given, members of other keys are skipped without reading
-    their data (the reshard and report readers need a few keys per shard).
+    their data (the reshard and report readers need a few keys per shard), and
+    groups with a :attr:`Members.problem` are not yielded (they are never kept).
     Raises :class:`ShardError` at the first unreadable point.
     """
     fileobj = _TailTracker(fileobj)
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|")
+        tar = tarfile.open(fileobj=fileobj, mode="r|", encoding="utf-8", errors="surrogateescape")
     except (tarfile.ReadError, EOFError, OSError) as e:
         raise ShardError("not_a_tar", str(e) or type(e).__name__) from None
-    key, members = None, {}
+    names = _KeyNames()
+    key, members = None, None
+
+    def ready():
+        return members is not None and (wanted is None or (key in wanted and members.problem is None))
+
     try:
         for info in tar:
-            if not info.isfile():
+            if not _is_sample_member(info):
                 continue
-            k, ext = split_member_name(info.name)
-            if k != key:
-                if key is not None and (wanted is None or key in wanted):
-                    yield key, members      # complete: a member of another key follows
-                key, members = k, {}
-            if wanted is not None and k not in wanted:
+            regular = info.isfile()
+            member_name = info.name if regular else info.name.rstrip("/")
+            k, ext = split_member_name(member_name, lower=False)
+            if members is None or k != members.source_key or ext in members.exts:
+                if ready():
+                    yield key, members      # complete: a member of another sample follows
+                members = Members(k)
+                key, members.renamed = names.claim(k)
+            members.exts.add(ext)
+            unsafe = unsafe_name_reason(member_name)
+            if unsafe is not None:
+                members.unsafe = members.unsafe or unsafe
+                continue                    # never read, never written
+            if not regular:
+                members.irregular += 1
+                continue
+            if wanted is not None and key not in wanted:
                 continue                    # tarfile skips the data without reading it into memory
             f = tar.extractfile(info)
             data = f.read() if f is not None else b""
@@ -79,7 +235,7 @@ def iter_tar_groups(fileobj: BinaryIO, wanted: set[str] | None = None) -> Iterat
     # between members, and the last sample may have lost members: it is not yielded.
     if not fileobj.ends_with_zero_blocks(tar.offset):
         raise ShardError("truncated_tar", "no end-of-archive marker (file cut short)", partial_key=key)
-    if key is not None and (wanted is None or key in wanted):
+    if ready():
         yield key, members
 
 
@@ -143,14 +299,29 @@ class AtomicWriter:
         return self._f
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._f.close()
+        # close() flushes, so it can fail too (ENOSPC, EIO, a remote upload):
+        # whatever fails, the temporary file is removed and the error propagates.
+        try:
+            self._f.close()
+        except BaseException:
+            self._discard()
+            if exc_type is None:
+                raise
+            return                          # the first error (from the with-block) propagates
         if exc_type is not None:
-            try:
-                fsio.delete(self.tmp)
-            except Exception:  # best effort: the temp name is never read
-                pass
+            self._discard()
             return
-        fsio.replace(self.tmp, self.path)
+        try:
+            fsio.replace(self.tmp, self.path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        try:
+            fsio.delete(self.tmp)
+        except Exception:  # best effort: the temp name is never read
+            pass
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -24,7 +24,10 @@ GPU worker that is the bottleneck (clip-retrieval reports ViT-B/32 throughput
   images the mirrored crop is taken one column over, exactly as
   ``preprocess(ImageOps.mirror(img))`` would;
 * an image that fails to decode becomes a black placeholder and an error string, so
-  one bad JPEG never fails a batch.
+  one bad JPEG never fails a batch: ``image_too_large`` when it has more pixels than
+  Pillow's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb; Pillow's
+  DecompressionBombError and its warning both count, checked before any pixel is
+  decoded), ``corrupt_image`` for any other failure.
 
 Draft vs reference, measured with ``benchmarks/bench_clip.py --measure-draft --n 120 --images large``
 (120 generated photo-like JPEGs, short side 128-1600 px, aspect 0.5-2, quality 75-95;
@@ -59,8 +62,23 @@ from typing import Sequence
 import numpy as np
 
 from beam_filter.errors import UserError
+from beam_filter.rules.image_header import TOO_LARGE, probe_image
 
 CORRUPT_IMAGE = "corrupt_image"
+IMAGE_TOO_LARGE = "image_too_large"
+
+
+class ImageTooLarge(ValueError):
+    """The image has more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb)."""
+
+
+def decode_error(exc: BaseException) -> str:
+    """The reason an image that raised ``exc`` while decoding is dropped with."""
+    from PIL import Image
+
+    if isinstance(exc, (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return IMAGE_TOO_LARGE
+    return CORRUPT_IMAGE
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -147,10 +165,19 @@ _NEAREST_MODES = ("P", "1")
 
 
 def decode(data: bytes, cfg: PrepConfig, draft: bool = True):
-    """Open and decode ``data`` (raises on undecodable bytes); JPEGs at DCT scale when ``draft``."""
+    """Open and decode ``data`` (raises on undecodable bytes); JPEGs at DCT scale when ``draft``.
+
+    Raises :class:`ImageTooLarge` (or Pillow's DecompressionBombError) before decoding
+    an image with more than ``Image.MAX_IMAGE_PIXELS`` pixels.
+    """
     from PIL import Image
 
+    if probe_image(data).error == TOO_LARGE:     # the header says so: do not even open it
+        raise ImageTooLarge("header claims more than MAX_PIXELS pixels")
     img = Image.open(io.BytesIO(data))
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise ImageTooLarge(f"{img.width}x{img.height} pixels")
     if draft and img.format == "JPEG":
         # Largest DCT scale 1/k that keeps both sides >= S (Pillow picks k so).
         img.draft("RGB", (cfg.size, cfg.size))
@@ -208,8 +235,8 @@ class PreparedBatch:
     (S, S, 3) mirrored crop for the images whose mirror is not simply
     ``pixels[i, :, ::-1]``. ``mirror_windows``: when set, (B, S, S, 3) like
     ``pixels`` such that the mirrored crops are ``mirror_windows[:, :, ::-1]``
-    (``mirrors`` is then unused). ``errors``: per image None or ``"corrupt_image"``
-    (its pixels are a black placeholder).
+    (``mirrors`` is then unused). ``errors``: per image None, ``"corrupt_image"`` or
+    ``"image_too_large"`` (its pixels are a black placeholder).
     """
 
     pixels: object
@@ -256,8 +283,8 @@ class CpuImagePrep:
         try:
             crop, mirror = prepare_image(data, self.cfg, self.draft)
             return crop, mirror, None
-        except Exception:  # untrusted bytes: any decoder failure means "corrupt", never a crash
-            return None, None, CORRUPT_IMAGE
+        except Exception as e:  # untrusted bytes: any decoder failure is a reason, never a crash
+            return None, None, decode_error(e)
 
     def _alloc(self, n: int):
         s = self.cfg.size
@@ -348,7 +375,9 @@ class GpuJpegPrep:
 
         s = self.cfg.size
         n = len(images)
-        jpeg_idx = [i for i, b in enumerate(images) if is_jpeg(b)]
+        # A JPEG whose header claims too many pixels never reaches nvJPEG (it would allocate
+        # them on the device); the CPU path refuses it as image_too_large. ~2 us per image.
+        jpeg_idx = [i for i, b in enumerate(images) if is_jpeg(b) and probe_image(b).error != TOO_LARGE]
         decoded = dict(zip(jpeg_idx, self._decode_all([images[i] for i in jpeg_idx]))) if jpeg_idx else {}
         crops: list = [None] * n      # float (3, S, S) views
         windows: list = [None] * n    # mirror windows: flipped, they are the mirrored crops

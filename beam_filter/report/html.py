@@ -4,7 +4,9 @@ Everything is inline (CSS, PNGs and JPEG thumbnails as data URIs) so the file
 opens offline, mailed or copied anywhere. Every number a test or a script may
 want sits in an element with ``data-*`` attributes (raw integers, no
 separators); the visible text is formatted for people. Every string from the
-data is HTML-escaped. No clock, hostname or random value is printed, so the
+data is HTML-escaped, and every free-form string from the data (captions, uids,
+reasons, notes, error details) is cut to ``TEXT_CHARS`` characters (:func:`clip`),
+so one 10 MB caption cannot make a 10 MB page. No clock, hostname or random value is printed, so the
 same inputs give the same bytes.
 """
 
@@ -18,12 +20,24 @@ import numpy as np
 from beam_filter.report.data import KEPT_GROUP, ReportData, jsonable
 
 SHARD_TABLE_ROWS = 500
-CAPTION_CHARS = 220
+CAPTION_CHARS = 220     # shown on a sample card
+TEXT_CHARS = 300        # the most of any one data string the page holds (a caption's hover text...)
 
 
 def e(value) -> str:
     """Escape anything for HTML text or a quoted attribute."""
     return escape("" if value is None else str(value), quote=True)
+
+
+def clip(value, limit: int = TEXT_CHARS) -> str:
+    """``value`` as text of at most ``limit`` characters plus "…" when it was longer."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def ec(value, limit: int = TEXT_CHARS) -> str:
+    """:func:`e` of :func:`clip`: for strings that come from the data."""
+    return e(clip(value, limit))
 
 
 def _n(x) -> str:
@@ -211,7 +225,7 @@ def _toc(data: ReportData) -> str:
 def _warnings(data: ReportData) -> str:
     if not data.warnings:
         return ""
-    items = "".join(f"<li>{e(w)}</li>" for w in data.warnings)
+    items = "".join(f"<li>{ec(w)}</li>" for w in data.warnings)
     return f'<div class="warn" id="warnings"><strong>Warnings</strong><ul>{items}</ul></div>'
 
 
@@ -349,8 +363,8 @@ def _shards(data: ReportData, images: dict[str, str]) -> str:
     err_html = ""
     if errors:
         err_rows = "".join(
-            f'<tr class="file-error" data-error="{e(x.get("error"))}"><td class="mono">{e(x.get("shard"))}</td>'
-            f'<td><span class="pill">{e(x.get("error"))}</span></td><td class="muted">{e(x.get("detail"))}</td></tr>'
+            f'<tr class="file-error" data-error="{ec(x.get("error"))}"><td class="mono">{ec(x.get("shard"))}</td>'
+            f'<td><span class="pill">{ec(x.get("error"))}</span></td><td class="muted">{ec(x.get("detail"))}</td></tr>'
             for x in errors if isinstance(x, dict))
         err_html = ('<h3>Damaged or unreadable shards</h3><table><thead><tr><th>Shard</th><th>Error</th>'
                     f"<th>Detail</th></tr></thead><tbody>{err_rows}</tbody></table>")
@@ -366,10 +380,10 @@ def _sample_card(row: dict, group: str, thumb, score_cols: list[str]) -> str:
     cap = "" if caption is None else str(caption)
     short = cap if len(cap) <= CAPTION_CHARS else cap[: CAPTION_CHARS - 1] + "…"
     if thumb is not None and thumb.uri:
-        img = f'<img src="{thumb.uri}" alt="thumbnail of sample {e(row.get("uid"))}">'
+        img = f'<img src="{thumb.uri}" alt="thumbnail of sample {ec(row.get("uid"))}">'
     else:
         note = thumb.note if thumb is not None else "no source shard"
-        img = f'<div class="ph">{e(note)}</div>'
+        img = f'<div class="ph">{ec(note)}</div>'
     meta = []   # (label, value) lines
     for c in score_cols:
         v = row.get(c)
@@ -383,11 +397,11 @@ def _sample_card(row: dict, group: str, thumb, score_cols: list[str]) -> str:
             meta.append(("copies", str(copies)))
     lines = "".join(f'<div><span title="{e(k)}">{e(k)}</span><b>{e(v)}</b></div>' for k, v in meta)
     if group != KEPT_GROUP and row.get("reason") and row.get("reason") != group:
-        lines += f'<span class="why" title="{e(row["reason"])}">{e(row["reason"])}</span>'
+        lines += f'<span class="why" title="{ec(row["reason"])}">{ec(row["reason"])}</span>'
     cls = "kept" if group == KEPT_GROUP else "dropped"
     cap_html = e(short) if cap else '<span class="muted">(no caption)</span>'
-    return (f'<figure class="thumb {cls}" data-group="{e(group)}" data-uid="{e(row.get("uid"))}">'
-            f'<div class="img">{img}</div><div class="cap" title="{e(cap)}">{cap_html}</div>'
+    return (f'<figure class="thumb {cls}" data-group="{ec(group)}" data-uid="{ec(row.get("uid"))}">'
+            f'<div class="img">{img}</div><div class="cap" title="{ec(cap)}">{cap_html}</div>'
             f'<div class="meta">{lines}</div></figure>')
 
 

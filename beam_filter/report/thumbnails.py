@@ -22,7 +22,8 @@ from typing import Iterable
 from PIL import Image
 
 from beam_filter.report import files
-from beam_filter.tar_io import IMAGE_EXTS, split_member_name
+from beam_filter.rules.image_header import probe_image
+from beam_filter.tar_io import IMAGE_EXTS, ShardError, iter_tar_groups, split_member_name
 
 THUMB_PX = 96
 JPEG_QUALITY = 80
@@ -43,6 +44,9 @@ class Thumb(tuple):
 
 def make_thumbnail(data: bytes, size: int = THUMB_PX) -> bytes:
     """Encoded image bytes -> a baseline JPEG fitting in ``size`` x ``size`` (aspect kept)."""
+    probe = probe_image(data)      # header first: Pillow warns about a bomb as soon as it opens it
+    if probe.width and probe.height and probe.width * probe.height > _MAX_PIXELS:
+        raise ValueError(f"image too large to preview ({probe.width}x{probe.height})")
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > _MAX_PIXELS:
             raise ValueError(f"image too large to preview ({img.width}x{img.height})")
@@ -170,24 +174,53 @@ def read_members(path: str, keys: set[str]) -> tuple[dict[str, dict[str, bytes]]
     """``{key: {ext: image bytes}}`` for the wanted keys of one shard, and an error note ("" if fine).
 
     Keys found before a damaged point are returned along with the note; a key
-    counts as found once one image member of it was read.
+    counts as found once one image member of it was read. Keys with a ``#``
+    (a key repeated in its shard is renamed ``key#1``... by tar_io.iter_tar_groups)
+    are looked up with iter_tar_groups itself, the one place that knows renames.
     """
     found: dict[str, dict[str, bytes]] = {}
+    renamed = {k for k in keys if "#" in k}
+    note = _read_plain(path, keys - renamed, found) if keys - renamed else ""
+    if renamed:
+        note = _read_renamed(path, renamed, found) or note
+    return found, note
+
+
+def _read_plain(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
     try:
         f = files.open_binary(path)
     except Exception as e:  # missing, permission, transient remote error
-        return found, f"shard unavailable ({type(e).__name__})"
+        return f"shard unavailable ({type(e).__name__})"
     with f:
         try:
             seekable = bool(getattr(f, "seekable", lambda: False)())
             if seekable:
                 try:
-                    return found, _walk_headers(f, keys, found)
+                    return _walk_headers(f, keys, found)
                 except _Fallback:
                     f.seek(0)
-            return found, _tarfile_members(f, keys, found, seekable)
+            return _tarfile_members(f, keys, found, seekable)
         except OSError as e:
-            return found, f"shard unreadable ({type(e).__name__})"
+            return f"shard unreadable ({type(e).__name__})"
+
+
+def _read_renamed(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
+    try:
+        f = files.open_binary(path)
+    except Exception as e:  # missing, permission, transient remote error
+        return f"shard unavailable ({type(e).__name__})"
+    with f:
+        try:
+            for key, members in iter_tar_groups(f, wanted=keys):
+                images = {ext.lower(): data for ext, data in reversed(members.items())
+                          if ext.lower() in IMAGE_EXTS}     # reversed: the first of each wins
+                if images:
+                    found[key] = images
+        except ShardError as e:
+            return f"shard damaged ({e.kind})"
+        except OSError as e:
+            return f"shard unreadable ({type(e).__name__})"
+    return ""
 
 
 def _shard_thumbs(path: str, keys: set[str], size: int) -> dict[tuple[str, str], Thumb]:

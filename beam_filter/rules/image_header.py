@@ -4,7 +4,9 @@ The score phase reads millions of images; a full decode costs milliseconds per
 image while the header walk below costs microseconds. It also catches the
 commonest corruption in web-crawled shards, truncated downloads, by checking
 that the file ends with its format's end marker (JPEG EOI, PNG IEND, GIF
-trailer, WebP RIFF length). Anything it cannot vouch for is ``corrupt_image``.
+trailer, WebP RIFF length). Anything it cannot vouch for is ``corrupt_image``;
+a header claiming more than ``MAX_PIXELS`` pixels (a decompression bomb: a
+few KB that decode to gigabytes) is ``image_too_large``, whatever follows it.
 
 ``probe_image`` never raises: a reader must turn every bad member into a row
 with a reason, not a crashed bundle.
@@ -16,6 +18,10 @@ import struct
 from typing import NamedTuple
 
 CORRUPT = "corrupt_image"
+TOO_LARGE = "image_too_large"
+# Pillow's default Image.MAX_IMAGE_PIXELS (its DecompressionBombWarning limit; it refuses
+# twice that outright). Not imported from PIL: the reader stays free of the import.
+MAX_PIXELS = 89_478_485
 
 # Bytes some writers append after the end marker; they do not make an image unreadable.
 _PADDING = b"\x00 \t\r\n\x0b\x0c"
@@ -40,7 +46,8 @@ class ImageProbe(NamedTuple):
 
 
 def probe_image(data: bytes) -> ImageProbe:
-    """Format and (width, height) of an encoded image, or ``error="corrupt_image"``.
+    """Format and (width, height) of an encoded image, or ``error="corrupt_image"``
+    (or ``"image_too_large"``, with the size the header claims).
 
     The format is reported even when the file is corrupt, if its signature was
     recognised (useful in counters). Never raises.
@@ -73,7 +80,22 @@ def _ends_with(data: bytes, marker: bytes) -> bool:
 def _ok(fmt: str, width: int, height: int) -> ImageProbe:
     if width <= 0 or height <= 0:
         return ImageProbe(fmt, None, None, CORRUPT)
+    if too_large(width, height):
+        return ImageProbe(fmt, width, height, TOO_LARGE)
     return ImageProbe(fmt, width, height, None)
+
+
+def too_large(width: int, height: int) -> bool:
+    """More pixels than any decoder here is allowed to allocate (``MAX_PIXELS``)."""
+    return width * height > MAX_PIXELS
+
+
+def _size_checked(fmt: str, width: int, height: int, complete: bool) -> ImageProbe:
+    """A header's size, then the end-marker check: a bomb is too large even when cut short."""
+    probe = _ok(fmt, width, height)
+    if probe.error is None and not complete:
+        return _bad(fmt)
+    return probe
 
 
 def _bad(fmt: str) -> ImageProbe:
@@ -81,8 +103,6 @@ def _bad(fmt: str) -> ImageProbe:
 
 
 def _probe_jpeg(data: bytes) -> ImageProbe:
-    if not _ends_with(data, b"\xff\xd9"):
-        return _bad("jpeg")          # truncated download: no end-of-image marker
     n = len(data)
     i = 2
     while i < n:
@@ -107,7 +127,8 @@ def _probe_jpeg(data: bytes) -> ImageProbe:
             if length < 7:
                 return _bad("jpeg")
             height, width = struct.unpack_from(">HH", data, i + 3)
-            return _ok("jpeg", width, height)
+            # a truncated download has no end-of-image marker
+            return _size_checked("jpeg", width, height, _ends_with(data, b"\xff\xd9"))
         i += length
     return _bad("jpeg")
 
@@ -115,18 +136,16 @@ def _probe_jpeg(data: bytes) -> ImageProbe:
 def _probe_png(data: bytes) -> ImageProbe:
     if len(data) < 33 or data[12:16] != b"IHDR":
         return _bad("png")
-    if not _ends_with(data, _PNG_IEND):   # IEND's CRC ends in 0x82, never padding
-        return _bad("png")
     width, height = struct.unpack_from(">II", data, 16)
-    return _ok("png", width, height)
+    # IEND's CRC ends in 0x82, never padding
+    return _size_checked("png", width, height, _ends_with(data, _PNG_IEND))
 
 
 def _probe_webp(data: bytes) -> ImageProbe:
     riff_size = struct.unpack_from("<I", data, 4)[0]
     end = riff_size + 8
-    if end > len(data) or riff_size < 4 or data[end:end + 4096].strip(_PADDING) or (
-            len(data) - end > 4096 and data[end:].strip(_PADDING)):
-        return _bad("webp")          # truncated, or junk after the RIFF container
+    complete = not (end > len(data) or riff_size < 4 or data[end:end + 4096].strip(_PADDING) or (
+        len(data) - end > 4096 and data[end:].strip(_PADDING)))   # not truncated, no junk after RIFF
     if len(data) < 30:
         return _bad("webp")
     chunk = data[12:16]
@@ -135,21 +154,21 @@ def _probe_webp(data: bytes) -> ImageProbe:
         if data[23:26] != b"\x9d\x01\x2a":
             return _bad("webp")
         w, h = struct.unpack_from("<HH", data, 26)
-        return _ok("webp", w & 0x3FFF, h & 0x3FFF)
+        return _size_checked("webp", w & 0x3FFF, h & 0x3FFF, complete)
     if chunk == b"VP8L":
         if data[20] != 0x2F:
             return _bad("webp")
         bits = struct.unpack_from("<I", data, 21)[0]
-        return _ok("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        return _size_checked("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, complete)
     if chunk == b"VP8X":
         w = int.from_bytes(data[24:27], "little") + 1
         h = int.from_bytes(data[27:30], "little") + 1
-        return _ok("webp", w, h)
+        return _size_checked("webp", w, h, complete)
     return _bad("webp")
 
 
 def _probe_gif(data: bytes) -> ImageProbe:
-    if len(data) < 14 or not _ends_with(data, b"\x3b"):
+    if len(data) < 14:
         return _bad("gif")
     width, height = struct.unpack_from("<HH", data, 6)
-    return _ok("gif", width, height)
+    return _size_checked("gif", width, height, _ends_with(data, b"\x3b"))
