@@ -92,6 +92,32 @@ def embedding_keys_for(stages) -> list[str]:
     return [k for k in EMBEDDING_KEYS if k in found]
 
 
+# Stage types that read their ``embedding`` parameter (near_dedup only with min_similarity).
+_EMBEDDING_USERS = ("semdedup", "cluster_importance", "cluster_balance", "quality_duplication", "near_dedup")
+
+
+def check_embedding_columns(stages) -> None:
+    """Refuse, before any work, a stage whose embedding column DataComp metadata does not have.
+
+    Without this, SemDeDup with its default ``clip_image_embedding`` (what a
+    ``clip`` stage writes) would find no embedding on any metadata row and
+    silently drop nothing.
+    """
+    for stage in stages:
+        for child in getattr(stage, "children", None) or [stage]:
+            p = child.p
+            column = getattr(p, "embedding", None)
+            if child.name not in _EMBEDDING_USERS or column is None or column in EMBEDDING_KEYS:
+                continue
+            if child.name == "near_dedup" and p.min_similarity is None:
+                continue
+            if child.name == "quality_duplication" and not p.per_cluster:
+                continue
+            raise UserError(f"stage {child.id!r} ({child.name}): embedding column {column!r} is not in "
+                            f"DataComp metadata, which has {', '.join(EMBEDDING_KEYS)}; "
+                            f"set --set {child.id}.embedding=l14_img")
+
+
 # ---- npz streaming ---------------------------------------------------------------------
 
 class _NpyRows:

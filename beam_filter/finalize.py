@@ -53,11 +53,16 @@ def decision_summary(decision_files: list[str]):
     counts = Counter()
     reasons = Counter()
     by_stage = Counter()
-    parts = []
+    parts, distinct_parts = [], []
     for path in decision_files:
         with FileSystems.open(path) as f:
-            table = pq.read_table(io.BytesIO(f.read()), columns=[R.UID, R.KEPT, R.COPIES, R.REASON, R.STAGE])
+            parquet = pq.ParquetFile(io.BytesIO(f.read()))
+        wanted = [R.UID, R.KEPT, R.COPIES, R.REASON, R.STAGE]
+        has_warning = R.WARNING in parquet.schema_arrow.names
+        table = parquet.read(columns=wanted + ([R.WARNING] if has_warning else []))
         cols = table.to_pydict()
+        if has_warning:
+            counts.update(f"warning:{w}" for w in cols[R.WARNING] if w)
         kept_uids, kept_copies = [], []
         for uid, kept, copies, reason, stage in zip(cols[R.UID], cols[R.KEPT], cols[R.COPIES],
                                                    cols[R.REASON], cols[R.STAGE]):
@@ -72,10 +77,36 @@ def decision_summary(decision_files: list[str]):
                 reasons[reason] += 1
                 by_stage[stage] += 1
         if kept_uids:
-            parts.append(np.repeat(uids_to_array(kept_uids, sort=False), kept_copies))
+            distinct = uids_to_array(kept_uids, sort=False)
+            distinct_parts.append(distinct)
+            parts.append(np.repeat(distinct, kept_copies))
+    counts["duplicate_uids"] = _shared_uid_count(distinct_parts)
+    del distinct_parts
     arr = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
     arr.sort(order=["f0", "f1"])
     return counts, reasons, by_stage, arr
+
+
+def _shared_uid_count(parts: list[np.ndarray]) -> int:
+    """How many kept samples share their uid with another kept sample.
+
+    Identity inside beam_filter is (shard, key), so such samples are all kept
+    and written; but a DataComp subset file speaks in uids, so whoever reshards
+    ``uids.npy`` with DataComp's resharder gets each of them as often as the
+    uid is listed. The count is reported so that nobody learns it from a
+    training run.
+    """
+    if not parts:
+        return 0
+    arr = np.concatenate(parts)
+    arr.sort(order=["f0", "f1"])
+    same = (arr["f0"][1:] == arr["f0"][:-1]) & (arr["f1"][1:] == arr["f1"][:-1])
+    if not same.any():
+        return 0
+    in_group = np.zeros(len(arr), dtype=bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    return int(in_group.sum())
 
 
 def funnel(stage_ids: list[tuple[str, str]], total: int, by_stage: Counter) -> list[dict]:
@@ -158,6 +189,10 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
         if recipe is not None:
             report["funnel"] = funnel([(s.id, s.name) for s in recipe.stages], counts["samples"], by_stage)
         report["reasons"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+        report["warnings"] = _warnings(counts)
+    skipped = list(getattr(job, "skipped_inputs", []) or [])
+    if skipped:
+        report.setdefault("warnings", {})["skipped_inputs"] = skipped
     report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: read_json(path)
                             for path in list_files(FileSystems.join(out, "thresholds"), ".json")}
     report["file_errors"] = [read_json(p) for p in list_files(FileSystems.join(out, "file_errors"), ".json")]
@@ -187,6 +222,14 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     if decision_files:      # no readable sample at all: report.json lists the file errors, no HTML to draw
         _write_html(out)
     return report
+
+
+def _warnings(counts: Counter) -> dict:
+    """What a user should know although nothing was lost: repeated keys and shared uids."""
+    out = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("warning:")}
+    if counts.get("duplicate_uids"):
+        out["kept_samples_sharing_a_uid"] = counts["duplicate_uids"]
+    return out
 
 
 def _write_html(out: str) -> None:

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
 from beam_filter import tables
+from beam_filter.errors import UserError
 from beam_filter.recipe import Recipe
 from beam_filter.selection import is_local
 from beam_filter.transforms.fused import FusedShardFn
@@ -50,6 +51,7 @@ class Job:
     resume: bool = False
     gpu_hints: dict = field(default_factory=dict)         # resource hints for inference steps
     fuse: bool = True        # allow the shuffle-free path when every stage is a per-row rule
+    skipped_inputs: list[str] = field(default_factory=list)  # non-.tar files the --input globs matched
 
 
 # ---- options and runner -------------------------------------------------------
@@ -112,6 +114,7 @@ def build(p: beam.Pipeline, job: Job):
         kept = decided | "WriteDecisions" >> WriteShardTables(
             layout, write_scores=False, write_decisions=True, metadata=_metadata(recipe))
     elif job.command == "reshard":
+        check_reshard_inputs(job)
         kept = (p | "ListDecisions" >> beam.Create(sorted(job.decision_files))
                 | "ReadKept" >> beam.Map(read_kept, _shard_paths_by_stem(job.shards)))
     if job.command in ("run", "reshard"):
@@ -159,7 +162,9 @@ def _has_features(stage) -> bool:
 
 def _select_input(p, job: Job):
     if job.metadata_dir:
-        from beam_filter.datacomp_metadata import ReadDataCompMetadata, embedding_keys_for
+        from beam_filter.datacomp_metadata import ReadDataCompMetadata, check_embedding_columns, embedding_keys_for
+
+        check_embedding_columns(job.recipe.stages)
 
         # Only the npz arrays some stage reads (each is ~2-3 KB per row as float32).
         wanted = embedding_keys_for(job.recipe.leaf_stages())
@@ -175,6 +180,7 @@ def _metadata_identity(row: dict) -> dict:
     if row.get(R.KEY) is None:
         row[R.KEY] = row[R.UID]
     row.setdefault(R.READ_ERROR, None)
+    row.setdefault(R.WARNING, None)
     return row
 
 
@@ -203,14 +209,34 @@ def _already_scored(job: Job, layout: OutputLayout) -> set[str]:
 
 
 def read_kept(decision_file: str, shard_paths: dict[str, str]) -> ShardKept:
-    """A decisions parquet -> the kept list of its source shard (for ``reshard``)."""
+    """A decisions parquet -> the kept list of its source shard among ``shard_paths`` (for ``reshard``).
+
+    Only shards given as input are ever read: decisions of any other shard are
+    refused by :func:`check_reshard_inputs` before the pipeline starts.
+    """
     from beam_filter import records as R
 
     rows = tables.read_rows(decision_file, columns=[R.SHARD, R.KEY, R.UID, R.KEPT, R.COPIES])
     rows.sort(key=lambda r: r[R.KEY])
-    stem = os.path.basename(decision_file)[: -len(".parquet")]
-    shard = shard_paths.get(stem) or (rows[0][R.SHARD] if rows else stem)
-    return ShardKept(shard, tuple((r[R.KEY], r[R.UID], int(r[R.COPIES])) for r in rows if r[R.KEPT]))
+    stem = tables.shard_stem(decision_file)
+    if stem not in shard_paths:
+        raise UserError(f"{decision_file}: its source shard {stem}.tar is not among --input")
+    return ShardKept(shard_paths[stem], tuple((r[R.KEY], r[R.UID], int(r[R.COPIES])) for r in rows if r[R.KEPT]))
+
+
+def check_reshard_inputs(job: Job) -> None:
+    """Refuse decisions whose source shard is not an --input shard (before Beam starts).
+
+    Decisions are matched to sources by shard name; that they describe these very
+    samples is checked per sample, by uid, when the writer reads them
+    (resharding.write_output_shard).
+    """
+    stems = _shard_paths_by_stem(job.shards)
+    orphans = [f for f in job.decision_files if tables.shard_stem(f) not in stems]
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise UserError(f"--decisions: {orphans[0]} has no source shard "
+                        f"{tables.shard_stem(orphans[0])}.tar among --input{more}")
 
 
 def _shard_paths_by_stem(shards: list[str]) -> dict[str, str]:

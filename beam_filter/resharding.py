@@ -9,6 +9,12 @@ wanted members: no image ever goes through a shuffle.
 
 Member bytes are copied unchanged (only the member *names* change for copies);
 headers are fixed (tar_io), so outputs are byte-identical across runs.
+
+Decisions name samples by (shard, key); before a sample is written, the uid
+its members carry is checked against the uid its decision row recorded, so
+decisions made from another pool whose shard and key names happen to match
+stop the job (:class:`DecisionMismatch`) instead of writing samples that were
+never kept.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import tarfile
 from typing import NamedTuple
 
+from beam_filter.errors import UserError
 from beam_filter.tar_io import AtomicWriter, ShardError, iter_tar_groups, open_shard, tar_bytes_member
 
 
@@ -31,14 +38,18 @@ class OutputShard(NamedTuple):
     segments: tuple
 
 
-def expand_kept(kept) -> list[tuple[str, str]]:
-    """(key, uid, copies) in key order -> [(source key, output key)], copies expanded."""
+class DecisionMismatch(UserError):
+    """A source sample is not the one its decision row describes (another pool's decisions)."""
+
+
+def expand_kept(kept) -> list[tuple[str, str, str]]:
+    """(key, uid, copies) in key order -> [(source key, output key, uid)], copies expanded."""
     out = []
     for key, uid, copies in kept:
         if copies <= 1:
-            out.append((key, key))
+            out.append((key, key, uid))
         else:
-            out.extend((key, f"{uid}-{j}") for j in range(copies))
+            out.extend((key, f"{uid}-{j}", uid) for j in range(copies))
     return out
 
 
@@ -68,33 +79,65 @@ def shard_name(index: int) -> str:
     return f"{index:08d}"
 
 
-def write_output_shard(path: str, parts: list[tuple[str, list[tuple[str, str]]]]) -> dict:
-    """Write one output tar from ``[(source shard, [(source key, output key)])]``, in that order.
+def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
+    """Write one output tar from ``[(source shard, [(source key, output key[, uid])])]``, in that order.
 
     Returns its stats. A source member that has vanished since scoring is counted
-    in ``missing`` (and reported), never silently dropped.
+    in ``missing`` (and reported), never silently dropped. When an entry carries
+    the uid of its decision row, a source sample with another uid raises
+    :class:`DecisionMismatch` (nothing is written: the temporary tar is removed).
     """
-    written = missing = 0
+    from beam_filter.reading import build_sample
+
+    written = missing = renamed = 0
     sources = []
+    used: set[str] = set()      # sample names in this output tar
     with AtomicWriter(path) as f:
         with tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
             for shard, entries in parts:
                 out_keys: dict[str, list[str]] = {}
-                for src_key, out_key in entries:
+                expected: dict[str, str] = {}
+                for src_key, out_key, *uid in entries:
                     out_keys.setdefault(src_key, []).append(out_key)
+                    if uid:
+                        expected[src_key] = uid[0]
                 try:
                     with open_shard(shard) as src:
                         # Streamed in the source's own order: one sample in memory at a time.
                         for key, members in iter_tar_groups(src, wanted=set(out_keys)):
+                            if key in expected and key in out_keys:
+                                found = build_sample(shard, key, members).uid    # the reader's own uid rule
+                                if found != expected[key]:
+                                    raise DecisionMismatch(
+                                        f"{shard}: sample {key!r} has uid {found}, its decision row says "
+                                        f"{expected[key]}; the decisions were made from another pool "
+                                        "(reshard needs the decisions of these very shards)")
                             for out_key in out_keys.pop(key, ()):
+                                name = unique_name(out_key, used)
+                                renamed += name != out_key
                                 for ext in sorted(members):
-                                    tar_bytes_member(tar, f"{out_key}.{ext}", members[ext])
+                                    tar_bytes_member(tar, f"{name}.{ext}", members[ext])
                                 written += 1
                 except ShardError:
                     pass  # samples after the damage were never decided kept; the rest are counted below
                 missing += sum(len(v) for v in out_keys.values())
                 sources.append(shard)
-    return {"count": written, "successes": written, "missing": missing, "sources": sources}
+    stats = {"count": written, "successes": written, "missing": missing, "sources": sources}
+    if renamed:
+        stats["renamed"] = renamed
+    return stats
+
+
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name#1``, ``name#2`` ... when two source shards bring the same key into
+    one output tar (a reader would otherwise merge or overwrite them); the tar reader
+    renames keys repeated inside one shard the same way."""
+    out, n = name, 0
+    while out in used:
+        n += 1
+        out = f"{name}#{n}"
+    used.add(out)
+    return out
 
 
 def write_planned_shard(element: tuple, directory: str) -> dict:

@@ -23,6 +23,9 @@ from beam_filter import records as R
 from beam_filter.tar_io import write_bytes_atomic
 
 _FIRST = (R.UID, R.SHARD, R.KEY, R.KEPT, R.COPIES, R.REASON, R.STAGE, R.READ_ERROR)
+# Text columns that are None in most rows: typed string even when a whole shard has no value,
+# so every shard's parquet has one schema (a dataset reader would otherwise see null vs string).
+_STRING_COLUMNS = frozenset({R.WARNING})
 DECISION_ONLY = (R.KEPT, R.COPIES, R.REASON, R.STAGE, "failed_stages")
 META_SCORE_HASH = b"beam_filter.score_hash"
 META_RECIPE_HASH = b"beam_filter.recipe_hash"
@@ -62,6 +65,9 @@ def rows_to_table(rows: list[dict], drop: Iterable[str] = ()) -> pa.Table:
     columns = {}
     for name in order:
         values = [_plain(r.get(name)) for r in rows]
+        if name in _STRING_COLUMNS:
+            columns[name] = pa.array(values, type=pa.string())
+            continue
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):

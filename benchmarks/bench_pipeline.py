@@ -55,7 +55,7 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         from beam_filter.resharding import expand_kept, plan_output_shards, write_output_shard
 
         decisions = sorted(os.path.join(pool + "_decisions", f) for f in os.listdir(pool + "_decisions"))
-        kept = [read_kept(d, {}) for d in decisions]
+        kept = [read_kept(d, _shards_by_stem(pool)) for d in decisions]
         by_shard = {k.shard: expand_kept(k.kept) for k in kept}
         plan = plan_output_shards([(k.shard, len(by_shard[k.shard])) for k in kept], shard_size)
         os.makedirs(os.path.join(out, "shards"), exist_ok=True)
@@ -71,7 +71,7 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         decisions = sorted(os.path.join(pool + "_decisions", f) for f in os.listdir(pool + "_decisions"))
         options = pipeline_options([])
         p = make_pipeline(options)
-        (p | beam.Create(decisions) | beam.Map(read_kept, {})
+        (p | beam.Create(decisions) | beam.Map(read_kept, _shards_by_stem(pool))
          | WriteShards(os.path.join(out, "shards"), shard_size, processes=local_processes(options)))
         p.run().wait_until_finish()
         samples = sum(json.load(open(os.path.join(out, "shards", f)))["count"]
@@ -170,3 +170,8 @@ def platform_name() -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def _shards_by_stem(pool: str) -> dict:
+    """{stem: tar path} of the pool: what `beam-filter reshard` matches decisions against."""
+    return {f[:-4]: os.path.join(pool, f) for f in os.listdir(pool) if f.endswith(".tar")}

@@ -6,6 +6,8 @@ import io
 import json
 
 import apache_beam as beam
+
+from beam_filter.identity import token_uid
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -85,7 +87,7 @@ class _Verdicts(beam.PTransform):
         # Drops and copies only; cluster-id columns (every row's `<id>_cluster`) are checked separately.
         return (self.stage.verdicts(rows)
                 | beam.Filter(lambda kv: kv[1].reason is not None or kv[1].copies is not None)
-                | beam.Map(lambda kv: (kv[0], Verdict(kv[1].reason, kv[1].copies))))
+                | beam.Map(lambda kv: (token_uid(kv[0]), Verdict(kv[1].reason, kv[1].copies))))
 
 
 def _image_rows(rng, n_orig=12):

@@ -76,7 +76,8 @@ def test_truncated_and_not_a_tar(tmp_path):
 
 
 def test_expand_and_plan():
-    assert expand_kept((("a", "u1", 1), ("b", "u2", 3))) == [("a", "a"), ("b", "u2-0"), ("b", "u2-1"), ("b", "u2-2")]
+    assert expand_kept((("a", "u1", 1), ("b", "u2", 3))) == [("a", "a", "u1"), ("b", "u2-0", "u2"),
+                                                              ("b", "u2-1", "u2"), ("b", "u2-2", "u2")]
     plan = plan_output_shards([("s2", 5), ("s1", 4), ("s3", 0)], 3)
     assert [[(s.shard, s.start, s.end) for s in o.segments] for o in plan] == [
         [("s1", 0, 3)], [("s1", 3, 4), ("s2", 0, 2)], [("s2", 2, 5)]]

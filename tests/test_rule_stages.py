@@ -151,6 +151,8 @@ def test_exact_dedup_in_beam_pipeline():
     from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
     from apache_beam.testing.util import assert_that, equal_to
 
+    from beam_filter.identity import token_uid
+
     rows = [
         {"uid": "u3", "sha256": "aa"}, {"uid": "u1", "sha256": "aa"}, {"uid": "u2", "sha256": "aa"},
         {"uid": "u4", "sha256": "bb"},
@@ -162,7 +164,7 @@ def test_exact_dedup_in_beam_pipeline():
     assert s.is_grouping_stage
     with beam.Pipeline(runner=BundleBasedDirectRunner(),
                        options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        out = s.verdicts(p | beam.Create(rows))
+        out = s.verdicts(p | beam.Create(rows)) | beam.Map(lambda kv: (token_uid(kv[0]), kv[1]))
         assert_that(out, equal_to([
             ("u2", Verdict("exact_duplicate_of:u1")), ("u3", Verdict("exact_duplicate_of:u1")),
             ("u6", Verdict("exact_duplicate_of:u5"))]))

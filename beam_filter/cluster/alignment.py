@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from beam_filter.cluster.sampling import uid_hash64, uid_unit
+from beam_filter.identity import token_uid
 
 IMPORTANCE_REASON = "cluster_importance_not_sampled"
 BALANCE_REASON = "cluster_over_cap"
@@ -96,8 +97,11 @@ def importance_keep(uid: str, cluster: int, probs: np.ndarray, seed: int = 0) ->
 # ---- cluster balance -----------------------------------------------------------
 
 def balance_key(uid: str, score=None, seed: int = 0) -> tuple:
-    """Total order of rows within a cluster: best first (higher score, then uid hash, then uid)."""
-    h = uid_hash64(uid, f"balance{seed}")
+    """Total order of rows within a cluster: best first (higher score, then uid hash, then uid).
+
+    ``uid`` may be a row token (identity.py): only its uid part is hashed, the
+    whole token breaks the last tie, so two samples sharing a uid stay distinct."""
+    h = uid_hash64(token_uid(uid), f"balance{seed}")
     if score is None or (isinstance(score, float) and math.isnan(score)):
         return (1, 0.0, h, uid)
     return (0, -float(score), h, uid)

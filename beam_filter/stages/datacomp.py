@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from beam_filter.errors import UserError
-from beam_filter.records import CAPTION, UID, Verdict
+from beam_filter.records import CAPTION, Verdict
+from beam_filter.identity import row_token
 from beam_filter.process_cache import once_per_process
 from beam_filter.registry import Param, Stage, register
 from beam_filter.rules.caption import caption_chars
@@ -240,7 +241,7 @@ class ImageBased(FastTextLanguageStage):
         for row in rows:
             why = self.caption_reason(row)
             if why is not None:
-                out.append((row[UID], Verdict(reason=why)))
+                out.append((row_token(row), Verdict(reason=why)))
             else:
                 searched.append(row)
         if searched:
@@ -251,7 +252,7 @@ class ImageBased(FastTextLanguageStage):
                                 f"not {targets.dtype}")
             ids = index.search(np.stack([self.embedding_of(r) for r in searched]))
             hit = np.isin(ids, targets)
-            out.extend((r[UID], Verdict(reason="not_in_target_clusters"))
+            out.extend((row_token(r), Verdict(reason="not_in_target_clusters"))
                        for r, ok in zip(searched, hit) if not ok)
         return out
 

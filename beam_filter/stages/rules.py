@@ -14,6 +14,7 @@ from typing import Any
 
 from beam_filter.records import (CAPTION, HEIGHT, LANG, LANG_SCORE, SHA256, UID, WIDTH,
                                  Verdict)
+from beam_filter.identity import row_token, token_uid
 from beam_filter.process_cache import once_per_process
 from beam_filter.registry import Param, Stage, register
 from beam_filter.rules import caption as cap
@@ -253,11 +254,13 @@ class UidSubset(Stage):
 
 # ---- exact dedup ---------------------------------------------------------------------
 
-def duplicate_verdicts(sha256: str, uids) -> list[tuple[str, Verdict]]:
-    """Verdicts for one group of identical images: every uid but the smallest is dropped."""
-    distinct = sorted(set(uids))
-    survivor = distinct[0]
-    return [(u, Verdict(reason=f"exact_duplicate_of:{survivor}")) for u in distinct[1:]]
+def duplicate_verdicts(sha256: str, tokens) -> list[tuple[str, Verdict]]:
+    """Verdicts for one group of identical images: every row but the one with the smallest uid
+    is dropped. ``tokens`` are row tokens (identity.py; a bare uid works too), so two samples
+    that share a uid are still told apart and one of them is dropped."""
+    distinct = sorted(set(tokens))
+    survivor = token_uid(distinct[0])
+    return [(t, Verdict(reason=f"exact_duplicate_of:{survivor}")) for t in distinct[1:]]
 
 
 @register
@@ -273,6 +276,6 @@ class ExactDedup(Stage):
 
         return (alive_rows
                 | f"{self.id}/KeyBySha256" >> beam.FlatMap(
-                    lambda r: [(r[SHA256], r[UID])] if r.get(SHA256) else [])
+                    lambda r: [(r[SHA256], row_token(r))] if r.get(SHA256) else [])
                 | f"{self.id}/GroupBySha256" >> beam.GroupByKey()
                 | f"{self.id}/Duplicates" >> beam.FlatMapTuple(duplicate_verdicts))

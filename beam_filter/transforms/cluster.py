@@ -17,7 +17,9 @@ images (DESIGN.md rule 1). Every group is bounded:
 * cluster-importance, cluster-balance and quality-duplication need only
   per-cluster statistics (counts, bottom-k samples): combiners, no row groups.
 
-All outputs are ``(uid, records.Verdict)`` pairs, as ``Stage.verdicts`` returns.
+All outputs are ``(row token, records.Verdict)`` pairs, as ``Stage.verdicts`` returns:
+the token (``identity.row_token``) names the sample, so two samples sharing a
+uid are never confused; rules that hash or order by uid use its uid part.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from beam_filter.cluster import alignment, kmeans, near_dup, semdedup
 from beam_filter.cluster.sampling import uid_hash64
+from beam_filter.identity import row_token, token_uid
 from beam_filter.records import UID, Verdict
 
 
@@ -125,6 +128,7 @@ class Assigned(NamedTuple):
     sim: float                  # cosine with its centroid
     emb: Any                    # unit float32 vector, or None when not needed downstream
     score: Any                  # payload (a score column), or None
+    token: str = ""             # the row's identity (identity.row_token): what verdicts are keyed by
 
 
 class AssignClusters(beam.PTransform):
@@ -144,7 +148,7 @@ class AssignClusters(beam.PTransform):
         def small(row):
             e = _embedding(row, column)
             if e is not None:
-                yield (row[UID], e, row.get(score_column) if score_column else None)
+                yield (row[UID], e, row.get(score_column) if score_column else None, row_token(row))
 
         def assign_batch(batch, cents):
             if cents is None or not batch:
@@ -155,8 +159,8 @@ class AssignClusters(beam.PTransform):
                 raise UserError(f"embedding column {column!r} has dimension {x.shape[1]}, "
                                 f"centroids have {cents.shape[1]}")
             labels, sims = kmeans.assign(x, cents, normalized=True)
-            for i, (uid, _, score) in enumerate(batch):
-                yield Assigned(int(labels[i]), uid, float(sims[i]), x[i] if keep_emb else None, score)
+            for i, (uid, _, score, token) in enumerate(batch):
+                yield Assigned(int(labels[i]), uid, float(sims[i]), x[i] if keep_emb else None, score, token)
 
         return (rows | "Small" >> beam.FlatMap(small)
                 | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
@@ -166,7 +170,7 @@ class AssignClusters(beam.PTransform):
 # ---- SemDeDup -------------------------------------------------------------------
 
 class SemDeDup(beam.PTransform):
-    """rows -> (uid, Verdict("semantic_duplicate_of:<uid>")) for every dropped row
+    """rows -> (token, Verdict("semantic_duplicate_of:<uid>")) for every dropped row
     (and, with ``cluster_column``, a Verdict carrying the cluster id for every row)."""
 
     def __init__(self, column: str, *, n_clusters: int, eps: float, order: str = "farthest",
@@ -197,7 +201,8 @@ class SemDeDup(beam.PTransform):
                 | "Plan" >> beam.FlatMap(plan))
 
         def keyed(r, cuts):
-            return (r.cluster, semdedup.part_of(r.sim, cuts.get(r.cluster, ()))), (r.uid, r.sim, r.emb)
+            # The token orders as the uid (identity.py), so SemDeDup's order is the reference's.
+            return (r.cluster, semdedup.part_of(r.sim, cuts.get(r.cluster, ()))), (r.token, r.sim, r.emb)
 
         cluster_column = self.cluster_column
 
@@ -206,13 +211,13 @@ class SemDeDup(beam.PTransform):
             items = list(items)
             dropped = semdedup.semdedup_slices(items, eps, order, max_size)
             if cluster_column is None:
-                for uid in sorted(dropped):
-                    yield uid, Verdict(semdedup.REASON_PREFIX + dropped[uid], None)
+                for token in sorted(dropped):
+                    yield token, Verdict(semdedup.REASON_PREFIX + token_uid(dropped[token]), None)
                 return
             columns = {cluster_column: int(cluster)}
-            for uid in sorted(item[0] for item in items):
-                reason = semdedup.REASON_PREFIX + dropped[uid] if uid in dropped else None
-                yield uid, Verdict(reason, None, columns)
+            for token in sorted(item[0] for item in items):
+                reason = semdedup.REASON_PREFIX + token_uid(dropped[token]) if token in dropped else None
+                yield token, Verdict(reason, None, columns)
 
         return (recs | "KeyByPart" >> beam.Map(keyed, cuts=beam.pvalue.AsDict(cuts))
                 | "GroupByCluster" >> beam.GroupByKey()
@@ -264,7 +269,7 @@ class _EvalMatcher(beam.DoFn):
 
 
 class NearDedup(beam.PTransform):
-    """rows with a ``phash`` column -> (uid, Verdict) for near-duplicates (and eval contamination)."""
+    """rows with a ``phash`` column -> (token, Verdict) for near-duplicates (and eval contamination)."""
 
     def __init__(self, *, bands: int = 4, tolerance: int = 4, quality: str | None = None,
                  bucket_cap: int = 10_000, embedding: str | None = None, min_similarity: float | None = None,
@@ -289,7 +294,7 @@ class NearDedup(beam.PTransform):
                 return
             q = row.get(quality) if quality else None
             e = _embedding(row, emb_col) if emb_col else None
-            yield (row[UID], int(h), q, None if e is None else kmeans.normalize(e)[0])
+            yield (row_token(row), int(h), q, None if e is None else kmeans.normalize(e)[0])
 
         items = rows | "Items" >> beam.FlatMap(item)
         outputs = []
@@ -355,7 +360,7 @@ class NearDedup(beam.PTransform):
                 if min_sim is not None and (it[3] is None or surv[3] is None
                                             or float(it[3] @ surv[3]) < min_sim):
                     continue
-                yield it[0], Verdict(near_dup.REASON_PREFIX + surv[0], None)
+                yield it[0], Verdict(near_dup.REASON_PREFIX + token_uid(surv[0]), None)
 
         outputs.append({"items": by_comp, "best": best} | "JoinSurvivor" >> beam.CoGroupByKey()
                        | "Verdicts" >> beam.FlatMap(verdicts))
@@ -363,7 +368,7 @@ class NearDedup(beam.PTransform):
 
 
 class Decontaminate(beam.PTransform):
-    """rows -> (uid, Verdict("eval_contamination:<id>")) for rows near an eval image."""
+    """rows -> (token, Verdict("eval_contamination:<id>")) for rows near an eval image."""
 
     def __init__(self, path: str, *, bands: int = 4, tolerance: int = 4, phash_column: str = "phash"):
         super().__init__()
@@ -372,7 +377,7 @@ class Decontaminate(beam.PTransform):
     def expand(self, rows):
         column = self.column
         tagged = (rows | "Items" >> beam.FlatMap(
-            lambda r: [(r[UID], int(r[column]))] if r.get(column) is not None else [])
+            lambda r: [(row_token(r), int(r[column]))] if r.get(column) is not None else [])
             | "Match" >> beam.ParDo(_EvalMatcher(self.path, self.bands, self.tolerance)).with_outputs(
                 "contaminated", main="clean"))
         return tagged.contaminated
@@ -415,7 +420,7 @@ class ClusterImportance(beam.PTransform):
 
         def verdict(r, p):
             if not alignment.importance_keep(r.uid, r.cluster, p, seed):
-                yield r.uid, Verdict(alignment.IMPORTANCE_REASON, None)
+                yield r.token, Verdict(alignment.IMPORTANCE_REASON, None)
 
         return recs | "Verdicts" >> beam.FlatMap(verdict, p=beam.pvalue.AsSingleton(keep_p))
 
@@ -431,7 +436,7 @@ class ClusterBalance(beam.PTransform):
         cap, seed = self.cap, self.cent_args.get("seed", 0)
         cents = rows | "Centroids" >> Centroids(self.column, **self.cent_args)
         recs = (rows | "Assign" >> AssignClusters(self.column, cents, score_column=self.score)
-                | "Key" >> beam.Map(lambda r: (r.cluster, alignment.balance_key(r.uid, r.score, seed))))
+                | "Key" >> beam.Map(lambda r: (r.cluster, alignment.balance_key(r.token, r.score, seed))))
         worst_kept = (recs | "Best" >> beam.CombinePerKey(BottomK(cap, key=lambda k: k))
                       | "Cut" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1][-1])] if kv[1][0] > cap else []))
 
@@ -444,7 +449,7 @@ class ClusterBalance(beam.PTransform):
 
 
 class QualityDuplication(beam.PTransform):
-    """(uid, Verdict(None, copies)) for rows whose score rank in their cluster earns extra copies."""
+    """(token, Verdict(None, copies)) for rows whose score rank in their cluster earns extra copies."""
 
     def __init__(self, column: str | None, score: str, fractions, copies, *, sample_size: int = 4096,
                  cent_args: dict | None = None):
@@ -460,7 +465,8 @@ class QualityDuplication(beam.PTransform):
             cents = rows | "Centroids" >> Centroids(self.column, **self.cent_args)
             recs = rows | "Assign" >> AssignClusters(self.column, cents, score_column=score)
         else:   # no embedding: one global ranking
-            recs = rows | "Global" >> beam.Map(lambda r: Assigned(0, r[UID], 1.0, None, r.get(score)))
+            recs = rows | "Global" >> beam.Map(
+                lambda r: Assigned(0, r[UID], 1.0, None, r.get(score), row_token(r)))
 
         def valid(s):
             return s is not None and not (isinstance(s, float) and math.isnan(s))
@@ -475,7 +481,7 @@ class QualityDuplication(beam.PTransform):
         def verdict(r, cuts):
             n = alignment.copies_for(r.score, cuts.get(r.cluster, [math.inf] * len(fractions)), copies)
             if n != 1:
-                yield r.uid, Verdict(None, n)
+                yield r.token, Verdict(None, n)
 
         return recs | "Verdicts" >> beam.FlatMap(verdict, cuts=beam.pvalue.AsDict(cuts))
 

@@ -7,6 +7,8 @@ without a shuffle; only the byte-free rows leave this module.
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
@@ -69,11 +71,40 @@ class ReadWebDataset(beam.PTransform):
                     FILE_ERRORS, main="samples"))
 
 
+def _fail(sample, reason: str):
+    """One sample the stage could not handle: it keeps flowing, with ``reason`` as its decision."""
+    if sample.error is None:
+        sample.error = reason
+        Metrics.counter(NAMESPACE, f"read_error:{reason}").inc()
+    return sample
+
+
+class _ModelInputFn(beam.DoFn):
+    """(sample, model input) pairs; a sample whose input cannot be built leaves by ``failed``
+    with reason ``feature_error:<stage>`` instead of failing the bundle."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def process(self, sample):
+        try:
+            yield sample, self.stage.model_input(sample)
+        except Exception as e:  # noqa: BLE001 - one bad record never fails the job
+            logging.getLogger(__name__).warning("stage %s: model input failed for %s/%s: %s: %s",
+                                                self.stage.id, sample.shard, sample.key, type(e).__name__, e)
+            yield beam.pvalue.TaggedOutput("failed", _fail(sample, f"feature_error:{self.stage.id}"))
+
+
 def _merge_inference(stage):
     def merge(keyed):
         sample, result = keyed
         # Handlers may return PredictionResult (Beam's convention) or the plain per-example output.
-        cols = stage.model_columns(getattr(result, "inference", result))
+        try:
+            cols = stage.model_columns(getattr(result, "inference", result))
+        except Exception as e:  # noqa: BLE001 - an output the stage cannot read drops that sample only
+            logging.getLogger(__name__).warning("stage %s: unreadable model output for %s/%s: %s: %s",
+                                                stage.id, sample.shard, sample.key, type(e).__name__, e)
+            return _fail(sample, f"model_error:{stage.id}")
         sample.features.update(cols)
         if cols.get(R.READ_ERROR) and sample.error is None:
             sample.error = cols[R.READ_ERROR]
@@ -105,9 +136,10 @@ class RunModelStages(beam.PTransform):
             inference = RunInference(KeyedModelHandler(stage.model_handler()))
             if self.resource_hints:
                 inference = inference.with_resource_hints(**self.resource_hints)
-            scored = (usable
-                      | f"ModelInput[{stage.id}]" >> beam.Map(lambda s, st=stage: (s, st.model_input(s)))
+            inputs = usable | f"ModelInput[{stage.id}]" >> beam.ParDo(_ModelInputFn(stage)).with_outputs(
+                "failed", main="ok")
+            scored = (inputs.ok
                       | f"Infer[{stage.id}]" >> inference
                       | f"Columns[{stage.id}]" >> beam.Map(_merge_inference(stage)))
-            samples = (scored, unusable) | f"Rejoin[{stage.id}]" >> beam.Flatten()
+            samples = (scored, inputs.failed, unusable) | f"Rejoin[{stage.id}]" >> beam.Flatten()
         return samples

@@ -3,7 +3,9 @@
 Per-row stages are a Map; stages with a global value (an exact top-fraction
 threshold) get it as a singleton side input computed from the rows still alive
 when the stage is reached; grouping stages (dedup, clustering) return verdicts
-keyed by uid that are joined back. Only rows (no image bytes) are shuffled.
+keyed by row token (``identity.row_token``: uid, shard and key, so two samples
+sharing a uid never receive each other's verdict) that are joined back. Only
+rows (no image bytes) are shuffled.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
 from beam_filter import records as R
+from beam_filter.identity import row_token
 from beam_filter.recipe import Combinator
 from beam_filter.selection import (apply_stage, apply_verdict, finish_decision, is_local,
                                    start_decision)
@@ -39,8 +42,7 @@ def _apply_with_infos(stage):
 def _join_verdicts(stage_id):
     def fn(grouped):
         _, parts = grouped
-        verdicts = list(parts["verdict"])
-        verdict = verdicts[0] if verdicts else None
+        verdict = next(iter(parts["verdict"]), None)
         for row in parts["row"]:
             yield apply_verdict(stage_id, row, verdict)
     return fn
@@ -96,7 +98,7 @@ class ApplyStages(beam.PTransform):
             if stage.is_grouping_stage:
                 alive = rows | f"Alive[{stage.id}]" >> beam.Filter(lambda r: r[R.REASON] is None)
                 verdicts = stage.verdicts(alive)
-                keyed = rows | f"ByUid[{stage.id}]" >> beam.Map(lambda r: (r[R.UID], r))
+                keyed = rows | f"ByUid[{stage.id}]" >> beam.Map(lambda r: (row_token(r), r))
                 rows = ({"row": keyed, "verdict": verdicts}
                         | f"Join[{stage.id}]" >> beam.CoGroupByKey()
                         | f"Verdict[{stage.id}]" >> beam.FlatMap(_join_verdicts(stage.id)))
