@@ -2,8 +2,10 @@
 
 Flags this parser does not know are passed to Beam as pipeline options
 (``--runner=DataflowRunner --project=...``); a flag neither knows is an error.
-User mistakes (bad recipe, missing input, non-empty output) print one line and
-exit 2; they never show a traceback.
+Every failure prints one line, never a traceback (``--verbose`` adds it):
+user mistakes (bad recipe, missing input, non-empty output) exit 2, I/O failures
+(read-only output, disk full, unreachable storage) and unforeseen errors exit 1.
+What an output directory may be is output_dir.py's job.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from beam_filter.errors import UserError
@@ -18,67 +21,157 @@ from beam_filter.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
     parser = _parser()
+    args = None
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
+        _quiet_beam_logs(verbose)
         return int(args.func(args, extra) or 0)
-    except UserError as e:
-        print(f"beam-filter: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("beam-filter: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message, code = describe_failure(e, verbose, output=getattr(args, "output", None))
+        if verbose and not isinstance(e, UserError):
+            import traceback
+
+            traceback.print_exc()
+        print(f"beam-filter: error: {message}", file=sys.stderr)
+        return code
+
+
+# ---- one-line failures --------------------------------------------------------------
+
+_USER_ERROR = re.compile(r"(?:^|[\s.'\"])UserError: ([^\n]+)")
+_OS_ERROR = re.compile(r"\[Errno (\d+)\] ([^\n]+)")
+_LAST_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): ([^\n]+)$", re.M)
+_WHILE_RUNNING = re.compile(r"\s*\[while running '[^\n]*?'\]")
+_IO_HINTS = {"EROFS": "the output is on a read-only file system",
+             "EACCES": "no permission to write there", "EPERM": "no permission to write there",
+             "ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exhausted"}
+
+
+def describe_failure(e: BaseException, verbose: bool = False, output: str | None = None) -> tuple[str, int]:
+    """(one-line message, exit code) for any exception a command raised.
+
+    Exceptions raised inside the pipeline reach us wrapped by Beam: as the original
+    type with `` [while running 'Step']`` appended (local runner), or as a RuntimeError
+    whose *message* holds the worker's traceback (portable/remote runners). So both the
+    exception chain and its text are searched: a UserError anywhere is the user's to fix
+    (exit 2); an OSError (read-only output, disk full, storage unreachable) is the
+    environment's (exit 1); anything else is a bug or an unforeseen failure, reported
+    by type and message (exit 1) -- the traceback is one ``--verbose`` away.
+    """
+    chain, seen = [], set()
+    x = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    text = "\n".join(str(c) for c in chain)
+    for c in chain:
+        if isinstance(c, UserError):
+            return _clean(str(c)), 2
+    m = _USER_ERROR.search(text)
+    if m:
+        return _clean(m.group(1)), 2
+    where = f"writing to --output {output}: " if output else ""
+    for c in chain:
+        if isinstance(c, OSError):
+            return _clean(_os_error_line(c, where)), 1
+    m = _OS_ERROR.search(text)
+    if m:
+        return _clean(_errno_line(int(m.group(1)), m.group(2), where if ": '" not in m.group(2) else "")), 1
+    root = chain[-1]
+    kind, detail = type(root).__name__, str(root)
+    found = _LAST_ERROR_LINE.findall(text) if "Traceback" in text else []
+    if found:
+        kind, detail = found[-1][0].rsplit(".", 1)[-1], found[-1][1]
+    detail = _clean(detail)
+    return f"{kind}{': ' + detail if detail else ''}" + (
+        "" if verbose else " (run with --verbose for the traceback)"), 1
+
+
+def _clean(message: str) -> str:
+    lines = [ln.strip() for ln in _WHILE_RUNNING.sub("", str(message)).splitlines() if ln.strip()]
+    return lines[0][:500] if lines else ""
+
+
+def _os_error_line(e: OSError, where: str = "") -> str:
+    """``strerror: 'path' (ENAME; hint)``; ``where`` prefixes an error that names no file."""
+    if e.errno is None or not e.strerror:
+        return str(e)
+    if e.filename is not None:
+        return _errno_line(e.errno, f"{e.strerror}: {e.filename!r}")
+    return _errno_line(e.errno, e.strerror, where)
+
+
+def _errno_line(number: int, text: str, where: str = "") -> str:
+    import errno
+
+    name = errno.errorcode.get(number, "")
+    hint = _IO_HINTS.get(name)
+    text = where + text.strip()
+    return f"{text} ({name}{'; ' + hint if hint else ''})" if name else text
 
 
 # ---- commands -------------------------------------------------------------------
 
 def cmd_pipeline(args, extra: list[str]) -> int:
+    from beam_filter.output_dir import prepare_output
     from beam_filter.pipeline import Job, run_job
 
     beam_args = _beam_args(extra)
+    _check_runner(beam_args)
     command = args.command
     job = Job(command=command, output=args.output.rstrip("/"), shard_size=getattr(args, "shard_size", 10000),
               resume=getattr(args, "resume", False), fuse=not getattr(args, "no_fusion", False))
     if command in ("run", "score", "select"):
         overrides = list(args.set or [])
         job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None))
+        if command != "select":
+            _check_model_weights(job.recipe)
+    input_dirs = []
     if command in ("run", "score", "reshard"):
         job.input_globs = list(args.input)
-        job.shards = match_shards(args.input)
+        job.shards, job.skipped_inputs = match_inputs(args.input)
+        _warn_skipped(job.skipped_inputs)
     if command == "select":
         if bool(args.scores) == bool(args.metadata):
             raise UserError("select needs exactly one of --scores DIR or --metadata DIR")
         if args.scores:
-            from beam_filter.finalize import list_files
-
-            job.score_files = list_files(os.path.join(args.scores.rstrip("/"), "scores"), ".parquet") \
-                or list_files(args.scores, ".parquet")
+            job.score_files = _list_parquet(args.scores, "scores")
             if not job.score_files:
                 raise UserError(f"--scores {args.scores}: no scores/*.parquet found (run `beam-filter score` first)")
             job.input_globs = [args.scores]
+            input_dirs.append(args.scores)
         else:
             _require_exists(args.metadata, "--metadata")
             job.metadata_dir = args.metadata
             job.input_globs = [args.metadata]
+            input_dirs.append(args.metadata)
     if command == "reshard":
-        from beam_filter.finalize import list_files
-
-        job.decision_files = list_files(os.path.join(args.decisions.rstrip("/"), "decisions"), ".parquet") \
-            or list_files(args.decisions, ".parquet")
+        job.decision_files = _list_parquet(args.decisions, "decisions")
         if not job.decision_files:
             raise UserError(f"--decisions {args.decisions}: no decisions/*.parquet found")
+        check_decision_files(job.decision_files)
+        input_dirs.append(args.decisions)
     if command in ("run", "reshard") and job.shard_size <= 0:
         raise UserError("--shard-size must be a positive number of samples")
     from beam_filter.dataflow import configure_for_runner
 
     # Dataflow: GPU resource hints for the inference steps only, setup_file / worker image checks.
     beam_args, job.gpu_hints = configure_for_runner(job, beam_args)
-    prepare_output(job.output, overwrite=args.overwrite, resume=job.resume)
-    _quiet_beam_logs(args.verbose)
-    report = run_job(job, beam_args, progress=not args.no_progress)
+    lock = prepare_output(job.output, overwrite=args.overwrite, resume=job.resume, command=command,
+                          shards=job.shards, input_dirs=input_dirs)
+    try:
+        report = run_job(job, beam_args, progress=not args.no_progress)
+    finally:
+        lock.release()
     _print_summary(job, report)
     return 0
 
@@ -94,13 +187,18 @@ def cmd_report(args, extra) -> int:
 
 def cmd_make_sample(args, extra) -> int:
     _no_extra(extra)
+    from beam_filter.output_dir import SAMPLE_POOL, prepare_output
     from beam_filter.sample_pool import make_sample
 
     if args.samples <= 0:
         raise UserError("--samples must be positive")
-    prepare_output(args.output, overwrite=args.overwrite, resume=False)
-    manifest = make_sample(args.output, samples=args.samples, seed=args.seed,
-                           broken_shards=args.broken_shards)
+    lock = prepare_output(args.output, overwrite=args.overwrite, resume=False, command="make-sample",
+                          kind=SAMPLE_POOL)
+    try:
+        manifest = make_sample(args.output, samples=args.samples, seed=args.seed,
+                               broken_shards=args.broken_shards)
+    finally:
+        lock.release()
     n = manifest.get("samples", args.samples) if isinstance(manifest, dict) else args.samples
     print(f"wrote a sample pool of {n} samples to {args.output}")
     return 0
@@ -143,20 +241,37 @@ def cmd_recipes(args, extra) -> int:
 
 def match_shards(globs: list[str]) -> list[str]:
     """Expand input globs (local, gs://, s3://) to a sorted list of .tar paths; errors are one line."""
+    return match_inputs(globs)[0]
+
+
+def match_inputs(globs: list[str]) -> tuple[list[str], list[str]]:
+    """(sorted .tar shards, sorted other files the globs matched).
+
+    Only ``.tar`` files are shards; anything else a glob matches (``.tar.gz``, sidecar
+    json, ...) is skipped, and the caller says so rather than dropping it silently.
+    A remote listing has a deadline (output_dir.remote_call): without credentials the
+    storage client would otherwise retry for minutes.
+    """
     from apache_beam.io.filesystems import FileSystems
 
+    from beam_filter.output_dir import RemoteIOError, remote_call
     from beam_filter.tables import shard_stem
 
-    paths = set()
+    paths, skipped = set(), set()
     for g in globs:
         try:
-            found = [m.path for m in FileSystems.match([g])[0].metadata_list]
+            found = remote_call(lambda: [m.path for m in FileSystems.match([g])[0].metadata_list], g,
+                                "cannot list --input")
+        except (UserError, RemoteIOError):
+            raise
         except Exception as e:
             raise UserError(f"--input {g}: cannot list ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        found = [f for f in found if f.endswith(".tar")]
-        if not found:
-            raise UserError(f"--input {g}: no .tar shards match")
-        paths.update(found)
+        shards = [f for f in found if f.endswith(".tar")]
+        if not shards:
+            raise UserError(f"--input {g}: no .tar shards match"
+                            + (f" ({len(found)} other file(s), e.g. {found[0]})" if found else ""))
+        paths.update(shards)
+        skipped.update(f for f in found if not f.endswith(".tar"))
     shards = sorted(paths)
     stems = {}
     for s in shards:
@@ -164,50 +279,97 @@ def match_shards(globs: list[str]) -> list[str]:
         if other != s:
             raise UserError(f"two input shards share the name {shard_stem(s)!r} ({other}, {s}); "
                             "outputs are named per shard, so names must be unique")
-    return shards
+    return shards, sorted(skipped)
 
 
-def prepare_output(output: str, overwrite: bool, resume: bool) -> None:
-    """Refuse a non-empty output dir unless --overwrite (wipe) or --resume (keep scores)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in output:
-        if os.path.exists(output) and not os.path.isdir(output):
-            raise UserError(f"--output {output} exists and is not a directory")
-        existing = sorted(os.listdir(output)) if os.path.isdir(output) else []
-    else:
-        existing = [m.path for m in FileSystems.match([output.rstrip("/") + "/**"])[0].metadata_list]
-    if existing and not (overwrite or resume):
-        raise UserError(f"--output {output} is not empty; pass --overwrite to replace it "
-                        "or --resume to reuse its scores")
-    if existing and overwrite and not resume:
-        if "://" not in output:
-            import shutil
-
-            for name in existing:
-                path = os.path.join(output, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        else:
-            FileSystems.delete(existing)
-    if existing and resume:
-        # Keep scores/ and embeddings/; everything derived from them is recomputed.
-        for sub in ("decisions", "shards", "thresholds", "file_errors"):
-            _remove_tree(FileSystems.join(output, sub))
-    if "://" not in output:
-        os.makedirs(output, exist_ok=True)
+def _warn_skipped(skipped: list[str]) -> None:
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"beam-filter: warning: skipping {len(skipped)} file(s) matched by --input that are not "
+              f".tar shards (listed in report.json): {shown}", file=sys.stderr)
 
 
-def _remove_tree(path: str) -> None:
-    import shutil
+def _list_parquet(directory: str, sub: str) -> list[str]:
+    """``DIR/sub/*.parquet``, else ``DIR/*.parquet`` (a remote listing has a deadline)."""
+    from beam_filter.finalize import list_files
+    from beam_filter.output_dir import remote_call
 
-    if "://" not in path:
-        shutil.rmtree(path, ignore_errors=True)
+    return remote_call(lambda: list_files(os.path.join(directory.rstrip("/"), sub), ".parquet")
+                       or list_files(directory, ".parquet"), directory, f"cannot list --{sub}")
+
+
+DECISION_COLUMNS = ("uid", "shard", "key", "kept", "copies")
+
+
+def check_decision_files(files: list[str]) -> None:
+    """Every ``reshard --decisions`` file must be a parquet with the columns reshard reads.
+
+    Checked here, from the files' footers, so a damaged or foreign file is one line
+    before Beam starts instead of a worker traceback in the middle of the job.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from beam_filter.output_dir import remote_call
+
+    def check_all():        # the pool lives inside the deadline: a stuck read must not hold exit
+        with ThreadPoolExecutor(min(16, len(files))) as pool:
+            return list(pool.map(_decision_file_problem, files))
+
+    problems = remote_call(check_all, files[0], "cannot read --decisions")
+    for path, problem in zip(files, problems):
+        if problem:
+            raise UserError(f"--decisions: {path} {problem}")
+
+
+def _decision_file_problem(path: str) -> str | None:
+    import pyarrow.parquet as pq
+
+    from beam_filter import fsio
+
+    try:
+        with fsio.open_read(path) as f:
+            names = set(pq.read_schema(f).names)
+    except OSError:
+        raise
+    except Exception as e:
+        return f"is not a readable parquet file ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+    missing = [c for c in DECISION_COLUMNS if c not in names]
+    if missing:
+        return f"lacks column(s) {', '.join(missing)}; it is not a beam-filter decisions file"
+    return None
+
+
+def _check_runner(beam_args: list[str]) -> None:
+    """An unknown ``--runner`` is one line here, not a traceback from inside Beam."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from beam_filter.dataflow import option_value
+
+    name = option_value(beam_args, "runner")
+    if name is None:
         return
-    from apache_beam.io.filesystems import FileSystems
+    known = {n.lower() for n in StandardOptions.KNOWN_RUNNER_NAMES}
+    if name.lower() in known or name.lower() + "runner" in known:
+        return
+    if "." in name:
+        import importlib
 
-    files = [m.path for m in FileSystems.match([path + "/**"])[0].metadata_list]
-    if files:
-        FileSystems.delete(files)
+        module, cls = name.rsplit(".", 1)
+        try:
+            if hasattr(importlib.import_module(module), cls):
+                return
+        except ImportError:
+            pass
+    raise UserError(f"--runner={name}: unknown runner; use one of "
+                    f"{', '.join(StandardOptions.KNOWN_RUNNER_NAMES)} or a module.Class path")
+
+
+def _check_model_weights(recipe) -> None:
+    """Local weight paths that do not exist fail now, naming the parameter, not in a worker later."""
+    for stage in recipe.model_stages():
+        check = getattr(stage, "check_weights", None)
+        if check is not None:
+            check()
 
 
 def _load_recipe(spec: str, overrides: list[str], test_models: str | None):
@@ -265,7 +427,9 @@ def _beam_args(extra: list[str]) -> list[str]:
 def _require_exists(path: str, what: str) -> None:
     from apache_beam.io.filesystems import FileSystems
 
-    if not FileSystems.exists(path):
+    from beam_filter.output_dir import remote_call
+
+    if not remote_call(lambda: FileSystems.exists(path), path, f"cannot check {what}"):
         raise UserError(f"{what}: {path} does not exist")
 
 
@@ -284,8 +448,10 @@ def _quiet_beam_logs(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
-        for name in ("apache_beam", "absl"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # A failure is reported as one line by main(); Beam's own ERROR records of the
+        # same failure repeat it with a worker traceback, so they are silenced too.
+        for name in ("apache_beam", "absl", "google.auth"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _print_summary(job, report: dict) -> None:

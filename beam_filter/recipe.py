@@ -194,7 +194,11 @@ def _apply_override(specs: list[dict], override: str) -> None:
         level = spec.get("children", [])
     if "children" in spec:
         raise UserError(f"--set {override!r}: {spec['id']!r} is a combinator; name a sub-stage")
-    spec["params"][param] = yaml.safe_load(value) if value.strip() else None
+    try:
+        spec["params"][param] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {override!r}: the value is not valid YAML "
+                        f"({str(e).strip().splitlines()[0]}); quote it to pass a string") from None
 
 
 def _find_stage(override: str, level: list[dict], name: str) -> dict:

@@ -41,6 +41,7 @@ Conventions the pipeline relies on:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Callable, ClassVar
 
@@ -70,11 +71,28 @@ class Param:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             value = _convert(stage, name, value, types)
+        if not _finite(value):
+            raise UserError(f"stage {stage!r}: {name}={value!r} must be a finite number (not NaN or infinity)")
         if self.choices is not None and value not in self.choices:
             raise UserError(f"stage {stage!r}: {name}={value!r} is not one of {list(self.choices)}")
         if self.check is not None and not self.check(value):
             raise UserError(f"stage {stage!r}: {name}={value!r} {self.check_msg or 'is out of range'}")
         return value
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a value (lists and dicts included).
+
+    YAML reads ``.nan`` and ``.inf`` as floats, and every comparison with NaN is
+    false: ``threshold: .nan`` would keep every row without a word.
+    """
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _convert(stage: str, name: str, value: Any, types: tuple) -> Any:

@@ -65,12 +65,31 @@ def save_uids(path: str, arr: np.ndarray) -> None:
 def load_uids(path: str) -> np.ndarray:
     """Load a subset file: ``np.save`` output or a raw memmap of 16-byte records.
 
-    Returns a sorted ``u8,u8`` array (sorted here if the file was not).
+    Returns a sorted ``u8,u8`` array (sorted here if the file was not). A file that is
+    neither (truncated, empty, another format) is a UserError naming it: it is the
+    user's file, and numpy's own message does not say which file it was about.
     """
     from apache_beam.io.filesystems import FileSystems
 
     if not FileSystems.exists(path):
         raise UserError(f"uid subset file not found: {path}")
+    try:
+        arr = _read_uid_array(path)
+    except (ValueError, EOFError, IsADirectoryError) as e:    # other OSErrors are I/O failures
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a DataComp uid file (np.save of dtype u8,u8, or raw 16-byte "
+                        f"records): {detail}") from None
+    if arr.dtype.names is None or len(arr.dtype.names) != 2 or arr.dtype.itemsize != 16:
+        raise UserError(f"{path}: not a DataComp uid file (want dtype u8,u8, got {arr.dtype})")
+    arr = np.asarray(arr).view(UID_DTYPE) if arr.dtype != UID_DTYPE else np.asarray(arr)
+    if len(arr) > 1 and not _is_sorted(arr):
+        arr = np.sort(arr, order=["f0", "f1"])
+    return arr
+
+
+def _read_uid_array(path: str) -> np.ndarray:
+    from apache_beam.io.filesystems import FileSystems
+
     if "://" not in path:
         with open(path, "rb") as f:
             magic = f.read(6)
@@ -83,11 +102,6 @@ def load_uids(path: str) -> np.ndarray:
             data = f.read()
         arr = (np.load(io.BytesIO(data), allow_pickle=False) if data[:6] == b"\x93NUMPY"
                else np.frombuffer(data, dtype=UID_DTYPE))
-    if arr.dtype.names is None or len(arr.dtype.names) != 2 or arr.dtype.itemsize != 16:
-        raise UserError(f"{path}: not a DataComp uid file (want dtype u8,u8, got {arr.dtype})")
-    arr = np.asarray(arr).view(UID_DTYPE) if arr.dtype != UID_DTYPE else np.asarray(arr)
-    if len(arr) > 1 and not _is_sorted(arr):
-        arr = np.sort(arr, order=["f0", "f1"])
     return arr
 
 

@@ -12,7 +12,8 @@ of ``make demo`` (seed 0, with broken shards). Presets that need files get
 deterministic ones made here: a DFN-like uid subset (every other uid of the
 pool), k-means centroids and target ids for image_based, target embeddings for
 cluster_importance. report.json / report.html / report_*.png are left out:
-they carry timings.
+they carry timings; so are the output marker and lock. Outputs name the input
+paths, so compare runs made with the same ``--workdir``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,7 +31,7 @@ import tarfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SKIP = ("report.json", "report.html")
+SKIP = ("report.json", "report.html", ".beam_filter.lock", ".beam_filter_output")
 
 
 def _cli(*args: str) -> None:
@@ -123,8 +125,9 @@ def run_all(workdir: str, presets: list[str] | None) -> dict:
                 print(f"skipping {preset}: gcld3 is not installed", file=sys.stderr)
                 continue
         out = os.path.join(workdir, "out", preset)
+        shutil.rmtree(out, ignore_errors=True)      # this script's own directory
         args = ["run", "--recipe", preset, "--input", os.path.join(pool, "*.tar"), "--output", out,
-                "--test-models", models, "--no-progress", "--overwrite"]
+                "--test-models", models, "--no-progress"]
         for s in sets.get(preset, []):
             args += ["--set", s]
         _cli(*args)

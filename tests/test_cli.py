@@ -55,13 +55,16 @@ def test_recipes_lists_presets():
 
 
 def test_overwrite_replaces_output(clean_pool, tmp_path):
+    # --overwrite replaces only a beam-filter output (marker file) and only beam-filter's own
+    # files (tests/faults/test_output_dir.py): a stale file of an earlier run goes.
     pool_dir, _ = clean_pool
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    assert run_cli("run", "--recipe", "datacomp_basic", "--input", f"{pool_dir}/*.tar", "--output", out) == 0
+    (out / "thresholds").mkdir(exist_ok=True)
+    (out / "thresholds" / "stale.json").write_text("{}")
     assert run_cli("run", "--recipe", "datacomp_basic", "--input", f"{pool_dir}/*.tar", "--output", out,
                    "--overwrite", "--shard-size", "20") == 0
-    assert not (out / "stale.txt").exists()
+    assert not (out / "thresholds" / "stale.json").exists()
     assert (out / "uids.npy").exists() and (out / "report.json").exists()
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import threading
 from typing import Any, Iterable, Optional, Sequence
@@ -97,13 +98,41 @@ def _model_name(model: str) -> str:
     return name
 
 
+def is_checkpoint_path(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names a checkpoint file (local or remote) rather than a tag."""
+    return bool(pretrained) and (is_remote(pretrained) or os.path.sep in pretrained
+                                 or pretrained.endswith(_CHECKPOINT_SUFFIXES))
+
+
+def _fetch_failed(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a download that failed: no network, offline mode,
+    nothing in the local cache. open_clip wraps those in a RuntimeError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (type(e).__module__.split(".")[0] in ("huggingface_hub", "requests", "urllib3")
+                or isinstance(e, (FileNotFoundError, ConnectionError, TimeoutError))
+                or "Failed to download" in str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class _DropDownloadErrorLog(logging.Filter):
+    """open_clip logs a failed download at ERROR on the root logger before raising; the
+    raise becomes our one-line UserError, so the log record would only repeat it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Failed to download")
+
+
 def _checkpoint(model_name: str, pretrained: str | None) -> tuple[str | None, bool]:
     """(pretrained argument for open_clip, whether it is a known tag)."""
     if not pretrained or model_name.startswith("hf-hub:"):
         return None, False
     import open_clip
 
-    if is_remote(pretrained) or os.path.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES):
+    if is_checkpoint_path(pretrained):
         return local_copy(pretrained), False
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:
@@ -136,14 +165,24 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
     if is_tag:
         quick_gelu = bool(open_clip.get_pretrained_cfg(name, ckpt).get("quick_gelu")) and \
             not base_cfg.get("quick_gelu", False)
+    quiet = _DropDownloadErrorLog()
+    logging.getLogger().addFilter(quiet)
     try:
         net = open_clip.create_model(name, pretrained=ckpt, precision=prec, device=dev,
                                      force_quick_gelu=quick_gelu)
-    except RuntimeError as e:
-        if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+    except Exception as e:
+        if isinstance(e, RuntimeError) and (
+                "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e)):
             raise UserError(f"checkpoint {pretrained!r} does not fit CLIP model {model!r}: "
                             f"{str(e).splitlines()[0]}") from e
+        if (is_tag or name.startswith("hf-hub:")) and _fetch_failed(e):
+            raise UserError(f"cannot load CLIP weights {model!r}/{pretrained!r}: not in the local cache and "
+                            "the model hub cannot be reached (offline or no network); run once with network "
+                            "to cache them, or set the clip stage's pretrained parameter to a local "
+                            "checkpoint (--set clip.pretrained=/path/to/ckpt.pt)") from None
         raise
+    finally:
+        logging.getLogger().removeFilter(quiet)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

@@ -183,16 +183,48 @@ def resolve_checkpoint(model: str, base_dir: str | None = None) -> str:
         return model
     if is_remote(model):
         return _copy_remote_dir(model)
-    if os.path.exists(model):
-        raise UserError(f"model {model!r} is a file; MLM-Filter needs a checkpoint directory")
-    if model.count("/") != 1 or model.startswith((".", "/")):
-        raise UserError(f"model {model!r} is neither a local directory nor a hub id (owner/name)")
+    problem = local_checkpoint_problem(model)
+    if problem:
+        raise UserError(f"model {model!r} {problem}; {SET_MODEL_HINT}")
     try:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(model)
     except Exception as e:  # network, offline mode, missing repo: one line for the user
-        raise UserError(f"cannot fetch model {model!r} from the Hugging Face hub: {e}") from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot fetch model {model!r} from the Hugging Face hub ({first}); download it "
+                        f"once with network (hf download {model}) or {SET_MODEL_HINT}") from None
+
+
+SET_MODEL_HINT = "set the mlm stage's model parameter to a checkpoint directory (--set mlm.model=DIR)"
+
+
+def local_checkpoint_problem(model: str) -> str | None:
+    """What is wrong with ``model`` as a local checkpoint directory, or None when it is a
+    directory, a remote path or a hub id (``owner/name``; those are fetched when loading)."""
+    if is_remote(model) or os.path.isdir(model):
+        return None
+    if os.path.exists(model):
+        return "is a file; MLM-Filter needs a checkpoint directory"
+    if model.count("/") != 1 or model.startswith((".", "/", "~")):
+        return "is neither an existing local directory nor a hub id (owner/name)"
+    return None
+
+
+def hub_cache_problem(model: str) -> str | None:
+    """With ``HF_HUB_OFFLINE`` set, a hub id whose files are not in the local cache cannot
+    load; say so before the job starts. None when online (the fetch may work) or cached."""
+    if is_remote(model) or os.path.exists(model) or local_checkpoint_problem(model):
+        return None
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return None
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return None
+    return "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
 
 
 def _load_weights(directory: str) -> dict:

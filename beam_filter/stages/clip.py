@@ -124,6 +124,20 @@ class ClipStage(Stage):
         self.getter = ScoreGetter(stage_id, filtered, fallback, p.model)
         self.below = f"{stage_id}_{p.filter_on}_below_threshold"
 
+    def check_weights(self) -> None:
+        """Local model/checkpoint paths must exist: checked when the CLI loads the recipe,
+        so a typo fails in the first second, naming the parameter, not in a worker later."""
+        from beam_filter.models.base import is_remote
+        from beam_filter.models.clip import is_checkpoint_path
+
+        p = self.p
+        if p.model.endswith(".json") and not is_remote(p.model) and not os.path.isfile(p.model):
+            raise UserError(f"stage {self.id!r}: model={p.model!r}: no such model-config file; "
+                            f"set --set {self.id}.model=PATH.json or an open_clip model name")
+        if is_checkpoint_path(p.pretrained) and not is_remote(p.pretrained) and not os.path.isfile(p.pretrained):
+            raise UserError(f"stage {self.id!r}: pretrained={p.pretrained!r}: no such checkpoint file; "
+                            f"set --set {self.id}.pretrained=PATH or a pretrained tag (openai, ...)")
+
     # ---- score phase --------------------------------------------------------
     def model_handler(self):
         from beam_filter.models.clip import ClipModelHandler

@@ -129,6 +129,16 @@ class MLMFilter(Stage):
             self.scored = tuple(m for m in P.METRICS if m in filtered) or P.METRICS
         self.columns = {m: f"{stage_id}_{m}_score" for m in P.METRICS}
 
+    def check_weights(self) -> None:
+        """A local checkpoint directory that does not exist, or a hub id that cannot load
+        offline, fails when the CLI loads the recipe, naming the parameter to set."""
+        from beam_filter.models.mlm_filter import hub_cache_problem, local_checkpoint_problem
+
+        problem = local_checkpoint_problem(self.p.model) or hub_cache_problem(self.p.model)
+        if problem:
+            raise UserError(f"stage {self.id!r}: model={self.p.model!r} {problem}; set --set "
+                            f"{self.id}.model=DIR (an MLM-Filter checkpoint directory) or a hub id")
+
     # ---- score phase ------------------------------------------------------
     def model_handler(self):
         p = self.p

@@ -10,61 +10,127 @@ and elements are processed inline, one per DoFn thread, as usual.
 A subclass names a picklable top-level ``work`` function and its ``args``, and
 turns each result into outputs with ``emit``. Results are emitted in input
 order at the end of the bundle (all elements of a local bundle run at once).
+
+Pool workers die with the beam-filter process. They are children of the
+forkserver, not of the main process, so when the main process was killed (kill -9,
+OOM killer) they used to keep writing into the output for minutes. Each worker
+therefore runs :func:`die_with` at start: ``PR_SET_PDEATHSIG`` kills it when the
+forkserver goes (Linux), and a daemon thread checks every 0.5 s that the launching
+process still lives and ends the worker when it does not.
+
+Workers unpickle ``die_with`` from this module, so importing it must not import
+Beam (~1.2 s per process): the Beam DoFn class is built on first access to
+``LocalPoolDoFn`` (module ``__getattr__``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import os
+import sys
+import threading
+import time
 
-import apache_beam as beam
+POLL_S = 0.5
 
 
-class LocalPoolDoFn(beam.DoFn):
-    work = None                 # staticmethod: top-level function(element, *args) -> result
-    preload: tuple = ()         # modules the pool's fork server imports once
+def die_with(pid: int) -> None:
+    """Pool initializer: end this worker when process ``pid`` (the launcher) is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
 
-    def __init__(self, args: tuple, processes: int = 0):
-        self.args = args
-        self.processes = processes
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):   # no prctl: the watcher thread still covers it
+            pass
+    threading.Thread(target=_watch, args=(pid,), name="die-with-launcher", daemon=True).start()
 
-    def setup(self):
-        self.pool = None
-        if self.processes > 0:
-            # forkserver, not fork: the runner has threads running, which fork does not survive.
-            # The server imports the work's modules once; workers fork from it ready to go.
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(sorted(set(self.preload) | {type(self).work.__module__}))
-            self.pool = concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=ctx)
 
-    def start_bundle(self):
-        self.pending = []
+def _watch(pid: int) -> None:
+    while _alive(pid):
+        time.sleep(POLL_S)
+    os._exit(1)
 
-    def process(self, element):
-        if self.pool is None:
-            yield from self.emit(element, type(self).work(element, *self.args))
-        else:
-            self.pending.append((element, self.pool.submit(type(self).work, element, *self.args)))
 
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.timestamp import MIN_TIMESTAMP
-        from apache_beam.utils.windowed_value import WindowedValue
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie that its parent has not reaped yet counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True     # no /proc (macOS): kill(pid, 0) answered
 
-        def windowed(value):
-            return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
-        for element, future in self.pending:
-            for out in self.emit(element, future.result()):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(out.tag, windowed(out.value))
-                else:
-                    yield windowed(out)
-        self.pending = []
+def _define_dofn():
+    import concurrent.futures
+    import multiprocessing
 
-    def teardown(self):
-        if getattr(self, "pool", None) is not None:
-            self.pool.shutdown()
+    import apache_beam as beam
 
-    def emit(self, element, result):
-        yield result
+    class LocalPoolDoFn(beam.DoFn):
+        work = None                 # staticmethod: top-level function(element, *args) -> result
+        preload: tuple = ()         # modules the pool's fork server imports once
+
+        def __init__(self, args: tuple, processes: int = 0):
+            self.args = args
+            self.processes = processes
+
+        def setup(self):
+            self.pool = None
+            if self.processes > 0:
+                # forkserver, not fork: the runner has threads running, which fork does not survive.
+                # The server imports the work's modules once; workers fork from it ready to go.
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(sorted(set(self.preload) | {type(self).work.__module__, __name__}))
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    self.processes, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),))
+
+        def start_bundle(self):
+            self.pending = []
+
+        def process(self, element):
+            if self.pool is None:
+                yield from self.emit(element, type(self).work(element, *self.args))
+            else:
+                self.pending.append((element, self.pool.submit(type(self).work, element, *self.args)))
+
+        def finish_bundle(self):
+            from apache_beam.transforms.window import GlobalWindow
+            from apache_beam.utils.timestamp import MIN_TIMESTAMP
+            from apache_beam.utils.windowed_value import WindowedValue
+
+            def windowed(value):
+                return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+
+            for element, future in self.pending:
+                for out in self.emit(element, future.result()):
+                    if isinstance(out, beam.pvalue.TaggedOutput):
+                        yield beam.pvalue.TaggedOutput(out.tag, windowed(out.value))
+                    else:
+                        yield windowed(out)
+            self.pending = []
+
+        def teardown(self):
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown()
+
+        def emit(self, element, result):
+            yield result
+
+    LocalPoolDoFn.__module__ = __name__
+    LocalPoolDoFn.__qualname__ = "LocalPoolDoFn"
+    return LocalPoolDoFn
+
+
+def __getattr__(name: str):
+    if name == "LocalPoolDoFn":
+        cls = globals()["LocalPoolDoFn"] = _define_dofn()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
