@@ -6,7 +6,7 @@ BF := $(VENV)/bin/beam-filter
 export BEAM_FILTER_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean fuzz
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run_all.py --output bench_out
+
+# Fuzz `beam-filter run` with damaged shards (tests/faults/fuzz.py); failures are saved under
+# $(FUZZ_WORKDIR)/failures/<n>/ and summarised; exit status 1 if any.
+FUZZ_SECONDS ?= 300
+FUZZ_SEED ?= 0
+FUZZ_WORKDIR ?= /tmp/beam_filter_fuzz
+fuzz: install
+	$(PY) tests/faults/fuzz.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --workdir $(FUZZ_WORKDIR)
 
 clean:
 	rm -rf sample_pool demo_out bench_out .pytest_cache

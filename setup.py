@@ -17,7 +17,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["beam_filter", "beam_filter.*"]),
-    package_data={"beam_filter": ["presets/*.yaml", "rules/data/*", "sample_data/*"]},
+    package_data={"beam_filter": ["presets/*.yaml", "rules/data/*"],
+                  "beam_filter.devtools": ["sample_data/*"]},   # make-sample's caption sources
     install_requires=[
         "apache-beam[gcp]>=2.60",
         "torch>=2.2",

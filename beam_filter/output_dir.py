@@ -25,9 +25,12 @@ user's own files -- and two runs on one output interleaved their files. The rule
   every later one, so remote outputs are not locked: do not start two runs on one
   gs:// output.
 * **Bounded remote calls.** Listing or checking a gs:// path without credentials
-  retries for minutes inside the client library; :func:`remote_call` gives every
-  such call a deadline (``BEAM_FILTER_IO_TIMEOUT_S``, default 60 s) and turns a
-  failure into one line naming the path.
+  retries for minutes inside the client library; every such call here goes through
+  :func:`fsio.remote_call`, which gives it a deadline (``BEAM_FILTER_IO_TIMEOUT_S``,
+  default 60 s) and turns a failure into one line naming the path.
+
+The names of a run's files come from :mod:`beam_filter.layout` (:data:`KINDS` is derived
+from ``layout.OUTPUT_FILES``); all file access goes through :mod:`beam_filter.fsio`.
 """
 
 from __future__ import annotations
@@ -36,78 +39,23 @@ import fnmatch
 import json
 import os
 import posixpath
-import threading
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
+from beam_filter import fsio, layout
 from beam_filter.errors import UserError
+from beam_filter.fsio import is_remote, remote_call
 
-MARKER = ".beam_filter_output"
-LOCK = ".beam_filter.lock"
+MARKER = layout.MARKER
+LOCK = layout.LOCK
 OUTPUT, SAMPLE_POOL = "output", "sample_pool"
 # What each kind of output writes, as (directory, name patterns); "" is the top level. Every
 # directory also may hold .tmp-* files: atomic writes a killed run left behind.
 KINDS: dict[str, dict[str, tuple[str, ...]]] = {
-    OUTPUT: {"": ("uids.npy", "report.json", "report.html", "report_*.png", "meta.json"),
-             "scores": ("*.parquet",), "embeddings": ("*.npz",), "decisions": ("*.parquet",),
-             "thresholds": ("*.json",), "file_errors": ("*.json",),
-             "shards": ("*.tar", "*_stats.json", "meta.json")},
+    OUTPUT: dict(layout.OUTPUT_FILES),
     SAMPLE_POOL: {"": ("*.tar", "*.parquet", "*_stats.json", "ground_truth.json")},
 }
 # --resume keeps scores/ and embeddings/; everything derived from them is recomputed.
-RESUME_CLEARS = ("decisions", "shards", "thresholds", "file_errors")
-IO_TIMEOUT_ENV = "BEAM_FILTER_IO_TIMEOUT_S"
-CREDENTIALS_HINT = "check credentials (gcloud auth application-default login) and network access"
-
-
-class RemoteIOError(OSError):
-    """A remote storage call failed or did not answer in time (exit 1: not a usage mistake)."""
-
-
-def is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-# ---- bounded remote calls -----------------------------------------------------------
-
-def io_timeout() -> float:
-    try:
-        return max(0.1, float(os.environ.get(IO_TIMEOUT_ENV, "60")))
-    except ValueError:
-        raise UserError(f"{IO_TIMEOUT_ENV}={os.environ[IO_TIMEOUT_ENV]!r} is not a number of seconds") from None
-
-
-def remote_call(fn: Callable[[], Any], path: str, what: str = "cannot access") -> Any:
-    """``fn()`` with a deadline when ``path`` is remote; a failure is a one-line RemoteIOError.
-
-    The call runs in a daemon thread: a client stuck retrying without credentials
-    cannot be interrupted, but it no longer holds the command (or its exit) hostage.
-    Local paths run ``fn`` directly.
-    """
-    if not is_remote(path):
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller below
-            box["error"] = e
-
-    limit = io_timeout()
-    worker = threading.Thread(target=target, name=f"beam-filter-io {path}", daemon=True)
-    worker.start()
-    worker.join(limit)
-    if worker.is_alive():
-        raise RemoteIOError(f"{path}: {what}: no answer within {limit:g} s "
-                            f"({IO_TIMEOUT_ENV} changes this); {CREDENTIALS_HINT}")
-    if "error" in box:
-        e = box["error"]
-        if isinstance(e, (UserError, RemoteIOError)):
-            raise e
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise RemoteIOError(f"{path}: {what} ({type(e).__name__}{': ' + detail if detail else ''}); "
-                            f"{CREDENTIALS_HINT}") from None
-    return box.get("value")
+RESUME_CLEARS = tuple(d for d in layout.OUTPUT_FILES if d and d not in layout.RESUME_KEEPS)
 
 
 # ---- paths ---------------------------------------------------------------------------
@@ -150,12 +98,9 @@ def list_entries(output: str) -> list[str]:
     """Relative paths of everything under ``output``. A directory beam-filter does not write
     is one entry ending in ``/`` and is not entered; symlinks are entries, never followed."""
     if is_remote(output):
-        from apache_beam.io.filesystems import FileSystems
-
         root = output.rstrip("/")
-        found = remote_call(lambda: FileSystems.match([root + "/**"])[0].metadata_list, output,
-                            "cannot list the output")
-        return sorted(m.path[len(root) + 1:] for m in found)
+        found = remote_call(lambda: fsio.match(root + "/**"), output, "cannot list the output")
+        return sorted(p[len(root) + 1:] for p in found)
     if not os.path.isdir(output):
         return []
     out = []
@@ -183,27 +128,16 @@ def _is_known(entry: str, kind: str) -> bool:
     patterns = KINDS[kind].get(directory)
     if patterns is None:
         return False
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns + (".tmp-*",))
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns + (fsio.TMP_PREFIX + "*",))
 
 
 def read_marker(output: str) -> dict | None:
     """The marker's JSON, ``{}`` when it exists but does not parse, None when absent."""
-    path = _join(output, MARKER)
-    if is_remote(output):
-        from apache_beam.io.filesystems import FileSystems
-
-        if not remote_call(lambda: FileSystems.exists(path), path):
-            return None
-
-        def read():
-            with FileSystems.open(path) as f:
-                return f.read()
-        data = remote_call(read, path)
-    else:
-        if not os.path.isfile(path):
-            return None
-        with open(path, "rb") as f:
-            data = f.read()
+    path = layout.OutputLayout(output).marker
+    present = remote_call(lambda: fsio.exists(path), path) if is_remote(path) else os.path.isfile(path)
+    if not present:
+        return None
+    data = remote_call(lambda: fsio.read_bytes(path), path)
     try:
         value = json.loads(data)
         return value if isinstance(value, dict) else {}
@@ -277,14 +211,10 @@ def _check(output: str, entries: list[str], *, overwrite: bool, resume: bool, ki
 def _delete(output: str, entries: list[str]) -> None:
     if not entries:
         return
-    paths = [_join(output, e) for e in entries]
+    paths = [fsio.join(output, e) for e in entries]
+    remote_call(lambda: fsio.delete(*paths), output, "cannot delete old output files")
     if is_remote(output):
-        from apache_beam.io.filesystems import FileSystems
-
-        remote_call(lambda: FileSystems.delete(paths), output, "cannot delete old output files")
         return
-    for p in paths:
-        os.remove(p)
     for d in sorted({e.split("/")[0] for e in entries if "/" in e}):
         try:
             os.rmdir(os.path.join(output, d))
@@ -298,21 +228,12 @@ def write_marker(output: str, kind: str, command: str) -> None:
 
     data = json.dumps({"tool": "beam-filter", "version": __version__, "kind": kind,
                        "command": command}, sort_keys=True).encode() + b"\n"
-    path = _join(output, MARKER)
-    if is_remote(output):
-        from apache_beam.io.filesystems import FileSystems
+    path = layout.OutputLayout(output).marker
 
-        def write():
-            with FileSystems.create(path) as f:
-                f.write(data)
-        remote_call(write, path, "cannot write")
-        return
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _join(output: str, rel: str) -> str:
-    return output.rstrip("/") + "/" + rel if is_remote(output) else os.path.join(output, rel)
+    def write():
+        with fsio.create(path) as f:
+            f.write(data)
+    remote_call(write, path, "cannot write")
 
 
 class OutputLock:
@@ -325,7 +246,7 @@ class OutputLock:
 
     def __init__(self, output: str):
         self.output = output
-        self.path = None if is_remote(output) else os.path.join(output, LOCK)
+        self.path = None if is_remote(output) else layout.OutputLayout(output).lock
         self.fd: int | None = None
 
     def acquire(self) -> None:

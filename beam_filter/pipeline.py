@@ -17,17 +17,17 @@ import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
-from beam_filter import tables
+from beam_filter import fsio, tables
 from beam_filter.errors import UserError
 from beam_filter.recipe import Recipe
 from beam_filter.selection import is_local
 from beam_filter.transforms.fused import FusedShardFn
 from beam_filter.transforms.reshard import WriteShards
 from beam_filter.shard_work import score_row
-from beam_filter.tables import OutputLayout, ShardKept
+from beam_filter.layout import OutputLayout, shard_stem
+from beam_filter.tables import ShardKept
 from beam_filter.transforms.score import FILE_ERRORS, ReadWebDataset, RunModelStages
 from beam_filter.transforms.select import ApplyStages
 from beam_filter.transforms.tables import ReadScoreRows, WriteFileErrors, WriteShardTables
@@ -118,14 +118,13 @@ def build(p: beam.Pipeline, job: Job):
         kept = (p | "ListDecisions" >> beam.Create(sorted(job.decision_files))
                 | "ReadKept" >> beam.Map(read_kept, _shard_paths_by_stem(job.shards)))
     if job.command in ("run", "reshard"):
-        kept | "Reshard" >> WriteShards(FileSystems.join(job.output, "shards"), job.shard_size,
-                                        processes=local_processes(p.options))
+        kept | "Reshard" >> WriteShards(layout, job.shard_size, processes=local_processes(p.options))
 
 
 def _score(p, job: Job, layout: OutputLayout):
     recipe = job.recipe
     leaf = recipe.leaf_stages()
-    feature_stages = [s for s in leaf if _has_features(s)]
+    feature_stages = [s for s in leaf if s.feature_columns()]
     meta = _metadata(recipe)
     resumed = _already_scored(job, layout) if job.resume else set()
     if job.command == "run" and job.fuse and not recipe.model_stages() and all(is_local(s) for s in recipe.stages):
@@ -154,17 +153,10 @@ def _score(p, job: Job, layout: OutputLayout):
                                                        metadata=meta, skip_scores=resumed)
 
 
-def _has_features(stage) -> bool:
-    from beam_filter.registry import Stage
-
-    return type(stage).features is not Stage.features
-
-
 def _select_input(p, job: Job):
     if job.metadata_dir:
-        from beam_filter.datacomp_metadata import ReadDataCompMetadata, check_embedding_columns, embedding_keys_for
+        from beam_filter.datacomp_metadata import ReadDataCompMetadata, embedding_keys_for
 
-        check_embedding_columns(job.recipe.stages)
 
         # Only the npz arrays some stage reads (each is ~2-3 KB per row as float32).
         wanted = embedding_keys_for(job.recipe.leaf_stages())
@@ -190,7 +182,7 @@ def _metadata(recipe: Recipe) -> dict:
 
 
 def _info_dir(job: Job) -> str:
-    return FileSystems.join(job.output, "thresholds")
+    return OutputLayout(job.output).thresholds_dir
 
 
 def _already_scored(job: Job, layout: OutputLayout) -> set[str]:
@@ -199,7 +191,7 @@ def _already_scored(job: Job, layout: OutputLayout) -> set[str]:
     done = set()
     for shard in job.shards:
         path = layout.scores(shard)
-        if FileSystems.exists(path):
+        if fsio.exists(path):
             try:
                 if tables.file_metadata(path).get(tables.META_SCORE_HASH) == want:
                     done.add(shard)
@@ -218,7 +210,7 @@ def read_kept(decision_file: str, shard_paths: dict[str, str]) -> ShardKept:
 
     rows = tables.read_rows(decision_file, columns=[R.SHARD, R.KEY, R.UID, R.KEPT, R.COPIES])
     rows.sort(key=lambda r: r[R.KEY])
-    stem = tables.shard_stem(decision_file)
+    stem = shard_stem(decision_file)
     if stem not in shard_paths:
         raise UserError(f"{decision_file}: its source shard {stem}.tar is not among --input")
     return ShardKept(shard_paths[stem], tuple((r[R.KEY], r[R.UID], int(r[R.COPIES])) for r in rows if r[R.KEPT]))
@@ -232,18 +224,39 @@ def check_reshard_inputs(job: Job) -> None:
     (resharding.write_output_shard).
     """
     stems = _shard_paths_by_stem(job.shards)
-    orphans = [f for f in job.decision_files if tables.shard_stem(f) not in stems]
+    orphans = [f for f in job.decision_files if shard_stem(f) not in stems]
     if orphans:
         more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
         raise UserError(f"--decisions: {orphans[0]} has no source shard "
-                        f"{tables.shard_stem(orphans[0])}.tar among --input{more}")
+                        f"{shard_stem(orphans[0])}.tar among --input{more}")
 
 
 def _shard_paths_by_stem(shards: list[str]) -> dict[str, str]:
-    return {tables.shard_stem(s): s for s in shards}
+    return {shard_stem(s): s for s in shards}
 
 
 # ---- running -------------------------------------------------------------------
+
+def check_columns(job: Job) -> None:
+    """Every column each stage reads must come from the input or an earlier stage (columns.py).
+
+    Runs before any Beam work, so a misspelt column or scores made without a needed
+    feature stop a 12-hour job in its first second instead of giving a wrong dataset.
+    """
+    from beam_filter import columns
+
+    if job.recipe is None:
+        return
+    if job.command in ("run", "score"):
+        available = columns.shard_columns()
+    elif job.metadata_dir:
+        from beam_filter.datacomp_metadata import list_metadata_files
+
+        available = columns.metadata_columns(list_metadata_files(job.metadata_dir), job.metadata_dir)
+    else:
+        available = columns.scores_columns(job.score_files, job.input_globs[0] if job.input_globs else "")
+    columns.check_recipe(job.recipe.stages, available)
+
 
 def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     """Build, run and finalize ``job``; returns the report dict."""
@@ -272,6 +285,6 @@ def _progress_monitor(job: Job):
 
     if job.command not in ("run", "score") or not job.shards:
         return None
-    sub = "decisions" if job.command == "run" else "scores"
-    directory = FileSystems.join(job.output, sub)
+    layout = OutputLayout(job.output)
+    directory = layout.decisions_dir if job.command == "run" else layout.scores_dir
     return ProgressMonitor(len(job.shards), ParquetDirCounter(directory), label=job.command)

@@ -14,13 +14,14 @@ line, never a failed run.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 from typing import Callable, TextIO
 
 import pyarrow.parquet as pq
+
+from beam_filter import fsio
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -129,7 +130,7 @@ class ProgressMonitor:
 class ParquetDirCounter:
     """``() -> (files, rows)`` over ``directory/*.parquet``, reading each footer once.
 
-    Files are cached by (name, size, mtime), so polling a directory of 10,000
+    Files are cached by (path, size, mtime), so polling a directory of 10,000
     finished shards every 2 s reads only the footers of new files. Hidden and
     temporary files (``.tmp-...``) are skipped: the pipeline writes them
     atomically, so a visible file is complete.
@@ -141,55 +142,30 @@ class ParquetDirCounter:
         self._cache: dict[str, tuple[tuple, int]] = {}
 
     def __call__(self) -> tuple[int, int]:
-        if "://" in self.directory:
-            return self._remote()
         files = rows = 0
-        try:
-            entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
-            return 0, 0
         seen = set()
-        for ent in entries:
-            if ent.name.startswith(".") or not ent.name.endswith(self.suffix) or not ent.is_file():
-                continue
-            st = ent.stat()
-            sig = (st.st_size, st.st_mtime_ns)
-            cached = self._cache.get(ent.name)
+        for info in fsio.list_dir(self.directory, "*" + self.suffix):
+            sig = (info.size, info.mtime)
+            cached = self._cache.get(info.path)
             if cached is None or cached[0] != sig:
                 try:
-                    n = pq.read_metadata(ent.path).num_rows
+                    n = _footer_rows(info.path)
                 except Exception:  # not (yet) a valid parquet file: count it next time
                     continue
-                cached = self._cache[ent.name] = (sig, n)
-            seen.add(ent.name)
+                cached = self._cache[info.path] = (sig, n)
+            seen.add(info.path)
             files += 1
             rows += cached[1]
         for gone in set(self._cache) - seen:
             del self._cache[gone]
         return files, rows
 
-    def _remote(self) -> tuple[int, int]:
-        from apache_beam.io.filesystems import FileSystems
 
-        pattern = self.directory.rstrip("/") + "/*" + self.suffix
-        metas = FileSystems.match([pattern])[0].metadata_list
-        files = rows = 0
-        for m in metas:
-            name = m.path.rsplit("/", 1)[-1]
-            if name.startswith("."):
-                continue
-            sig = (m.size_in_bytes, getattr(m, "last_updated_in_seconds", None))
-            cached = self._cache.get(m.path)
-            if cached is None or cached[0] != sig:
-                try:
-                    with FileSystems.open(m.path) as f:
-                        n = pq.ParquetFile(f).metadata.num_rows
-                except Exception:
-                    continue
-                cached = self._cache[m.path] = (sig, n)
-            files += 1
-            rows += cached[1]
-        return files, rows
+def _footer_rows(path: str) -> int:
+    if fsio.is_remote(path):
+        with fsio.open_read(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    return pq.read_metadata(path).num_rows
 
 
 def count_parquet_dir(directory: str) -> tuple[int, int]:

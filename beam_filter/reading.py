@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter.rules.caption import caption_chars, caption_words
 from beam_filter.rules.image_header import probe_image
-from beam_filter.tar_io import (DUPLICATE_KEY, IMAGE_EXTS, ShardError, iter_tar_groups, open_shard,
-                                 printable_name)
+from beam_filter.tar_io import DUPLICATE_KEY, IMAGE_EXTS, ShardError, iter_tar_groups, printable_name
 from beam_filter.uids import stable_uid
 
 TRUNCATED_SAMPLE = "truncated_shard"   # reason of the sample a truncated tar cut in half
@@ -47,7 +47,7 @@ class FileError:
     """A shard-level failure, listed in report.json under ``file_errors``."""
 
     shard: str
-    error: str        # "not_a_tar" | "truncated_tar" | "unreadable"
+    error: str        # "not_a_tar" | "truncated_tar" | "damaged_tar" | "trailing_data" | "unreadable"
     detail: str
 
     def as_dict(self) -> dict:
@@ -57,7 +57,7 @@ class FileError:
 def read_shard(path: str, keep_members: bool = False) -> Iterator[Sample | FileError]:
     """Yield every sample of the tar at ``path``, then a FileError if the tar is damaged."""
     try:
-        stream = open_shard(path)
+        stream = fsio.open_read(path)
     except Exception as e:  # missing after matching, permission, transient gs error
         yield FileError(path, "unreadable", f"{type(e).__name__}: {e}")
         return
@@ -66,7 +66,7 @@ def read_shard(path: str, keep_members: bool = False) -> Iterator[Sample | FileE
             for key, members in iter_tar_groups(stream):
                 yield build_sample(path, key, members, keep_members)
         except ShardError as e:
-            if e.partial_key is not None and e.kind == "truncated_tar":
+            if e.partial_key is not None and e.kind in ("truncated_tar", "damaged_tar"):
                 # The sample being read when the data ended: it exists, so it gets a row.
                 key = printable_name(e.partial_key)
                 s = R.Sample(shard=path, key=key, uid=stable_uid(path, key), error=TRUNCATED_SAMPLE)

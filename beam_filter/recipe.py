@@ -1,6 +1,6 @@
 """Recipes: YAML lists of stages, validated into :class:`Recipe` objects.
 
-A recipe is data (DESIGN.md rule 6): ``yaml.safe_load``, no eval, every key
+A recipe is data (design rule 6, ARCHITECTURE.md): ``yaml.safe_load``, no eval, every key
 checked, so a typo in a 12-hour job's recipe fails in the first second with a
 one-line message instead of silently using a default.
 
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from beam_filter.errors import UserError
-from beam_filter.registry import Stage, build_stage, register
+from beam_filter.registry import GroupStage, Stage, build_stage, register
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
 _TOP_KEYS = {"name", "description", "stages"}
@@ -86,6 +86,7 @@ class Combinator(Stage):
     survive, which a union cannot define.
     """
 
+    kind = "combinator"
     params: dict = {}
     union = True
 
@@ -241,7 +242,7 @@ def _build(source: str, spec: dict) -> Stage:
         cls = stage_class(spec["type"])
         children = [_build(source, c) for c in spec["children"]]
         for c in children:
-            if c.is_grouping_stage or isinstance(c, Combinator):
+            if isinstance(c, (GroupStage, Combinator)):
                 raise UserError(f"{source}: {c.id!r} ({c.name}) cannot be inside {spec['type']}: "
                                 "only per-row filters can be combined")
         return cls(spec["id"], children)

@@ -1,41 +1,49 @@
-"""The stage registry: recipe names -> Stage classes, with declared parameters.
+"""The stage registry: recipe names -> Stage classes of three declared kinds, with parameters and columns.
 
 A *stage* is what a recipe lists. It adapts plain rule/score functions (in
-``beam_filter/rules``) and model handlers (in ``beam_filter/models``) to the
-three phases, so a new rule means one small class here and one pure function
-there; counting, reasons and rejects are the framework's job (transforms/).
+``beam_filter/rules``, ``beam_filter/cluster``) and model handlers (in
+``beam_filter/models``) to the pipeline; counting, reasons and rejects are the
+framework's job (``selection.py``, ``transforms/``). Every stage is one of three
+kinds, each a small base class with only the hooks that kind has (in the spirit
+of Beam's ``ModelHandler``: a few required methods, optional hooks with
+defaults). The pipeline asks a stage its kind with ``isinstance``; it never
+probes which methods a subclass overrides.
 
-Hooks a stage may override (all optional):
+``RuleStage`` -- a per-row rule (datatrove's ``filter(doc)``):
+    ``reason(row) -> str | None``          required: why the row is dropped, or None.
+    ``features(sample) -> dict``           optional: cheap columns computed from the bytes
+                                           in the score phase; declared by ``feature_columns()``.
 
-score phase (runs where the bytes are, per sample)
-    ``features(sample) -> dict``          cheap CPU columns, pure.
-    ``model_handler() -> ModelHandler``   a Beam ModelHandler run through RunInference,
-    ``model_input(sample)``               ... the element given to it for a sample,
-    ``model_columns(inference) -> dict``  ... and the columns made from its output.
+``ScoredStage`` -- a score per row, then a threshold or an exact top fraction:
+    ``model_handler() / model_input(sample) / model_columns(output)``
+                                           the Beam ModelHandler run through RunInference,
+                                           what it gets for a sample, the columns made from
+                                           its output (declared by ``score_columns()``).
+    ``global_info(alive_rows)``            optional: one value from the rows still alive
+                                           (e.g. the score at the top-30% rank), or None.
+    ``reason(row, info) -> str | None``    required: the threshold applied.
 
-select phase (runs on rows without bytes)
-    ``global_info(alive_rows) -> PCollection`` one value computed from every row still
-        alive when the stage is reached (e.g. the exact top-30% threshold); it is
-        passed to ``reason`` as ``info``.
-    ``reason(row, info) -> str | None``    why this row is dropped, or None to keep.
-    ``verdicts(alive_rows) -> PCollection[(uid, Verdict)]`` for stages whose
-        decision needs groups of rows (dedup, clustering, duplication). Rows the
-        stage does not mention stay as they were.
+``GroupStage`` -- verdicts for groups of rows (dedup, clustering, duplication):
+    ``verdicts(alive_rows) -> PCollection[(row token, Verdict)]`` required; its Beam
+        wiring lives in ``transforms/``; rows it does not mention stay as they were.
+        Tokens name samples (identity.py).
 
-offline smoke tests (``beam-filter make-test-models`` / ``--test-models DIR``)
-    ``write_test_model(dir)`` (classmethod) writes tiny randomly initialised
-        checkpoints with the real architecture of this stage's model(s) under ``dir``.
-    ``test_model_params(dir)`` (classmethod) -> dict of parameter overrides that
-        swap the stage's model for that tiny twin.
-
-Conventions the pipeline relies on:
-  * columns a stage adds are named after the stage id when they are model outputs
-    (``{id}_score``), or after what they are when they are plain features (``lang``);
+Every kind declares its columns (``columns.py`` checks a recipe against them
+before any Beam work): ``needs()`` lists what the select phase reads, and
+``feature_columns()``/``score_columns()``/``verdict_columns()`` what the stage
+adds. Conventions:
+  * model outputs are named after the stage id (``{id}_score``), plain features
+    after what they are (``lang``);
   * a column whose value is a 1-D numpy array is an *embedding*: the score phase
-    stores it fp16 in ``embeddings/<shard>.npz`` (with ``uids``) instead of parquet,
-    and select gives it back to rows as a float32 numpy array;
+    stores it fp16 in ``embeddings/<shard>.npz`` instead of parquet, and select gives
+    it back to rows as a float32 numpy array;
   * ``features``/``model_columns`` may set ``read_error`` (e.g. "corrupt_image") to
     drop a sample that turns out unusable; its decision reason is that error.
+
+Offline smoke tests (``beam-filter make-test-models`` / ``--test-models DIR``):
+``write_test_model(dir)`` writes tiny randomly initialised checkpoints with the real
+architecture and returns True; ``test_model_params(dir)`` gives the parameter
+overrides that swap the stage's model for that twin.
 """
 
 from __future__ import annotations
@@ -120,8 +128,13 @@ def _convert(stage: str, name: str, value: Any, types: tuple) -> Any:
 
 
 class Stage:
-    """Base class of every recipe stage. See the module docstring for the hooks."""
+    """What every kind has: a name, declared parameters, an id, and declared columns.
 
+    Not subclassed directly by stages: use :class:`RuleStage`, :class:`ScoredStage`
+    or :class:`GroupStage`.
+    """
+
+    kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     description: ClassVar[str] = ""
@@ -137,67 +150,112 @@ class Stage:
         self.p = types.SimpleNamespace(**params)
         self.config = dict(params)
 
-    # ---- score phase ----------------------------------------------------
+    # ---- columns (checked by columns.py before any work) -----------------
+    def needs(self) -> tuple:
+        """``columns.Need`` s: the columns the select phase reads from rows."""
+        return ()
+
+    def feature_columns(self) -> tuple[str, ...]:
+        """Columns ``features(sample)`` adds in the score phase; empty: it is never called."""
+        return ()
+
     def features(self, sample) -> dict | None:
         return None
 
-    def model_handler(self):
-        return None
+    def produced_columns(self) -> tuple[str, ...]:
+        """Every column the score phase adds for this stage."""
+        return self.feature_columns()
 
-    def model_input(self, sample) -> Any:
-        raise NotImplementedError
+    def verdict_columns(self) -> tuple[str, ...]:
+        """Columns the select phase adds to rows (a GroupStage's verdict columns)."""
+        return ()
 
-    def model_columns(self, inference) -> dict:
-        raise NotImplementedError
-
-    # ---- select phase ---------------------------------------------------
-    def global_info(self, alive_rows):
-        return None
-
-    def reason(self, row: dict, info: Any = None) -> str | None:
-        return None
-
-    def verdicts(self, alive_rows):
-        return None
+    @property
+    def is_model_stage(self) -> bool:
+        return False
 
     def score_config(self) -> dict | None:
         """What the score phase of this stage depends on; None when it computes nothing."""
-        if type(self).features is Stage.features and not self.is_model_stage:
+        if not self.feature_columns() and not self.is_model_stage:
             return None
         names = self.score_params if self.score_params is not None else tuple(self.config)
         return {k: self.config.get(k) for k in names}
 
     # ---- offline smoke tests ---------------------------------------------
     @classmethod
-    def write_test_model(cls, directory: str) -> None:
-        return None
+    def write_test_model(cls, directory: str) -> bool:
+        """Write this stage's tiny model twin under ``directory``; True when there is one."""
+        return False
 
     @classmethod
     def test_model_params(cls, directory: str) -> dict:
         return {}
-
-    # ---- introspection ----------------------------------------------------
-    @property
-    def is_model_stage(self) -> bool:
-        return type(self).model_handler is not Stage.model_handler
-
-    @property
-    def is_grouping_stage(self) -> bool:
-        return type(self).verdicts is not Stage.verdicts
-
-    @property
-    def uses_global_info(self) -> bool:
-        return type(self).global_info is not Stage.global_info
 
     def provenance(self) -> dict:
         """What the report and meta.json say about this stage (models, checksums ...)."""
         return {"type": self.name, "params": self.config}
 
 
+class RuleStage(Stage):
+    """A per-row rule: optional ``features(sample)`` from the bytes, then ``reason(row)``.
+
+    A recipe made only of rules runs fused, per shard, with no shuffle at all.
+    """
+
+    kind = "rule"
+
+    def reason(self, row: dict, info: Any = None) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__}.reason")
+
+
+class ScoredStage(Stage):
+    """A score per row (from a model through RunInference), then a threshold or a top fraction."""
+
+    kind = "scored"
+
+    @property
+    def is_model_stage(self) -> bool:
+        return True
+
+    def score_columns(self) -> tuple[str, ...]:
+        """Columns ``model_columns`` adds (declared, so recipes can be checked before scoring)."""
+        return ()
+
+    def produced_columns(self) -> tuple[str, ...]:
+        return self.feature_columns() + self.score_columns()
+
+    def model_handler(self):
+        raise NotImplementedError(f"{type(self).__name__}.model_handler")
+
+    def model_input(self, sample) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.model_input")
+
+    def model_columns(self, inference) -> dict:
+        raise NotImplementedError(f"{type(self).__name__}.model_columns")
+
+    def global_info(self, alive_rows):
+        """One value computed from every row still alive when the stage is reached, or None."""
+        return None
+
+    def reason(self, row: dict, info: Any = None) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__}.reason")
+
+
+class GroupStage(Stage):
+    """Verdicts for groups of rows; the Beam wiring is a PTransform of ``transforms/``."""
+
+    kind = "group"
+
+    def verdicts(self, alive_rows):
+        raise NotImplementedError(f"{type(self).__name__}.verdicts")
+
+
 def register(cls: type[Stage]) -> type[Stage]:
     """Class decorator: make ``cls`` available to recipes under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__} must subclass RuleStage, ScoredStage or GroupStage")
     if cls.name in _STAGES and _STAGES[cls.name] is not cls:
         raise ValueError(f"stage name {cls.name!r} registered twice")
     _STAGES[cls.name] = cls

@@ -23,8 +23,9 @@ import json
 import tarfile
 from typing import NamedTuple
 
+from beam_filter import fsio, layout
 from beam_filter.errors import UserError
-from beam_filter.tar_io import AtomicWriter, ShardError, iter_tar_groups, open_shard, tar_bytes_member
+from beam_filter.tar_io import ShardError, iter_tar_groups, tar_bytes_member
 
 
 class Segment(NamedTuple):
@@ -75,10 +76,6 @@ def plan_output_shards(counts: list[tuple[str, int]], shard_size: int) -> list[O
     return plan
 
 
-def shard_name(index: int) -> str:
-    return f"{index:08d}"
-
-
 def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
     """Write one output tar from ``[(source shard, [(source key, output key[, uid])])]``, in that order.
 
@@ -92,7 +89,7 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
     written = missing = renamed = 0
     sources = []
     used: set[str] = set()      # sample names in this output tar
-    with AtomicWriter(path) as f:
+    with fsio.AtomicWriter(path) as f:
         with tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
             for shard, entries in parts:
                 out_keys: dict[str, list[str]] = {}
@@ -102,7 +99,7 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
                     if uid:
                         expected[src_key] = uid[0]
                 try:
-                    with open_shard(shard) as src:
+                    with fsio.open_read(shard) as src:
                         # Streamed in the source's own order: one sample in memory at a time.
                         for key, members in iter_tar_groups(src, wanted=set(out_keys)):
                             if key in expected and key in out_keys:
@@ -141,18 +138,15 @@ def unique_name(name: str, used: set[str]) -> str:
 
 
 def write_planned_shard(element: tuple, directory: str) -> dict:
-    """Write output shard ``index`` from its planned parts (source shards in path order), with stats."""
-    from beam_filter import fsio
-
+    """Write output shard ``index`` into ``directory`` (an output's ``shards/``, see
+    layout.OutputLayout.shards_dir) from its planned parts (source shards in path order), with stats."""
     index, parts = element
-    name = shard_name(index)
-    stats = write_output_shard(fsio.join(directory, f"{name}.tar"), sorted(parts))
-    stats["shard"] = f"{name}.tar"
-    write_stats(fsio.join(directory, f"{name}_stats.json"), stats)
+    tar_name = layout.shard_tar_name(index)
+    stats = write_output_shard(fsio.join(directory, tar_name), sorted(parts))
+    stats["shard"] = tar_name
+    write_stats(fsio.join(directory, layout.shard_stats_name(index)), stats)
     return stats
 
 
 def write_stats(path: str, stats: dict) -> None:
-    from beam_filter.tar_io import write_bytes_atomic
-
-    write_bytes_atomic(path, json.dumps(stats, indent=2, sort_keys=True).encode())
+    fsio.write_bytes_atomic(path, json.dumps(stats, indent=2, sort_keys=True).encode())

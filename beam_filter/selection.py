@@ -12,16 +12,17 @@ from typing import Any
 
 from beam_filter import records as R
 from beam_filter.recipe import Combinator
-from beam_filter.registry import Stage
+from beam_filter.registry import RuleStage, Stage
 
 READ_STAGE = "read"
 FAILED_STAGES = "failed_stages"   # every per-row stage the row fails, for the report's overlap matrix
 
 
 def is_local(stage: Stage) -> bool:
+    """Per-row rules (and combinations of them) need nothing but the row."""
     if isinstance(stage, Combinator):
         return all(is_local(c) for c in stage.children)
-    return not stage.uses_global_info and not stage.is_grouping_stage
+    return isinstance(stage, RuleStage)
 
 
 def start_decision(row: dict) -> dict:

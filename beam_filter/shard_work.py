@@ -16,7 +16,8 @@ from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
 from beam_filter.selection import decide_locally
-from beam_filter.tables import OutputLayout, ShardKept, write_shard_tables
+from beam_filter.layout import OutputLayout
+from beam_filter.tables import ShardKept, write_shard_tables
 
 
 class StageClock:

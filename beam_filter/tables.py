@@ -11,7 +11,6 @@ array, because numpy loads them directly for clustering and dedup, and a
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -20,7 +19,8 @@ import pyarrow.parquet as pq
 
 from beam_filter import fsio
 from beam_filter import records as R
-from beam_filter.tar_io import write_bytes_atomic
+from beam_filter.fsio import write_bytes_atomic
+from beam_filter.layout import OutputLayout
 
 _FIRST = (R.UID, R.SHARD, R.KEY, R.KEPT, R.COPIES, R.REASON, R.STAGE, R.READ_ERROR)
 # Text columns that are None in most rows: typed string even when a whole shard has no value,
@@ -29,15 +29,6 @@ _STRING_COLUMNS = frozenset({R.WARNING})
 DECISION_ONLY = (R.KEPT, R.COPIES, R.REASON, R.STAGE, "failed_stages")
 META_SCORE_HASH = b"beam_filter.score_hash"
 META_RECIPE_HASH = b"beam_filter.recipe_hash"
-
-
-def shard_stem(shard: str) -> str:
-    """``gs://b/pool/00001234.tar`` (or ``.parquet``) -> ``00001234``: the name of every per-shard output."""
-    base = os.path.basename(shard.rstrip("/"))
-    for suffix in (".tar", ".parquet"):      # source tars; DataComp metadata parquets
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return base
 
 
 def split_embeddings(rows: list[dict]) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -114,6 +105,22 @@ def file_metadata(path: str) -> dict[bytes, bytes]:
     return pq.read_schema(io.BytesIO(fsio.read_bytes(path))).metadata or {}
 
 
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Only ``columns`` of a parquet file (a local one memory-mapped); the file is closed again."""
+    if fsio.is_remote(path):
+        with fsio.open_read(path) as f:
+            return pq.read_table(f, columns=columns)
+    return pq.read_table(path, columns=columns, memory_map=True)
+
+
+def parquet_metadata(path: str) -> pq.FileMetaData:
+    """The footer of a parquet file; the file is closed again."""
+    if fsio.is_remote(path):
+        with fsio.open_read(path) as f:
+            return pq.read_metadata(f)
+    return pq.read_metadata(path)
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
@@ -127,32 +134,13 @@ class ShardKept(NamedTuple):
     kept: tuple
 
 
-class OutputLayout:
-    """Where each per-shard file of a run lives under the output directory."""
-
-    def __init__(self, output: str):
-        self.output = output
-
-    def scores(self, shard: str) -> str:
-        return fsio.join(self.output, "scores", shard_stem(shard) + ".parquet")
-
-    def embeddings(self, shard: str) -> str:
-        return fsio.join(self.output, "embeddings", shard_stem(shard) + ".npz")
-
-    def decisions(self, shard: str) -> str:
-        return fsio.join(self.output, "decisions", shard_stem(shard) + ".parquet")
-
-    def file_error(self, shard: str) -> str:
-        return fsio.join(self.output, "file_errors", shard_stem(shard) + ".json")
-
-
 def write_shard_tables(layout: OutputLayout, shard: str, rows: list[dict], *,
                        write_scores: bool, write_decisions: bool, metadata: dict) -> ShardKept:
     """Write one shard's scores and/or decisions files; return its kept list."""
     rows = sorted(rows, key=lambda r: r[R.KEY])
     if write_scores:
         write_rows(layout.scores(shard), rows, drop=DECISION_ONLY, metadata=metadata,
-                          embeddings_path=layout.embeddings(shard))
+                   embeddings_path=layout.embeddings(shard))
     if write_decisions:
         write_rows(layout.decisions(shard), rows, metadata=metadata)
     kept = tuple((r[R.KEY], r[R.UID], r[R.COPIES]) for r in rows if r.get(R.KEPT))

@@ -34,8 +34,6 @@ import re
 import tarfile
 from typing import BinaryIO, Iterator
 
-from beam_filter import fsio
-
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Extensions the reader uses; a *directory* named like one of them is taken for a
 # (broken) sample member, any other directory entry is a plain folder and skipped.
@@ -230,13 +228,20 @@ def iter_tar_groups(fileobj: BinaryIO, wanted: set[str] | None = None) -> Iterat
             members[ext] = data
     except (tarfile.ReadError, EOFError, OSError, tarfile.HeaderError) as e:
         raise ShardError("truncated_tar", str(e) or type(e).__name__, partial_key=key) from None
-    # tarfile treats a header cut short, or no header at all, as a normal end of archive.
-    # A complete tar ends with two zero blocks; anything else means the file was cut
-    # between members, and the last sample may have lost members: it is not yielded.
-    if not fileobj.ends_with_zero_blocks(tar.offset):
+    # tarfile ends the archive quietly at a header cut short, a header it cannot parse (a
+    # flipped byte, a zeroed block) or no header at all. A complete tar ends with two zero
+    # blocks; anything else means the file was cut or damaged there, and the last sample may
+    # have lost members: it is not yielded (it gets a row as the truncated sample).
+    trailer = fileobj.trailer(tar.offset)
+    if trailer == "cut":
         raise ShardError("truncated_tar", "no end-of-archive marker (file cut short)", partial_key=key)
+    if trailer == "damaged":
+        raise ShardError("damaged_tar", f"unreadable tar header at byte {tar.offset}; the rest of the "
+                         "file cannot be read", partial_key=key)
     if ready():
         yield key, members
+    if trailer == "garbage":
+        raise ShardError("trailing_data", "bytes after the end-of-archive marker (ignored)")
 
 
 class _TailTracker:
@@ -255,20 +260,35 @@ class _TailTracker:
         self._tail = (self._tail + data)[-self.KEEP:]
         return data
 
-    def ends_with_zero_blocks(self, offset: int) -> bool:
-        while self.read(1 << 20):      # drain what tarfile did not need to read
-            pass
-        trailing = self.total - offset
-        if trailing < 1024:
-            return False
-        if trailing > len(self._tail):
-            return True   # very long trailer: only its end is kept; the blocks before it were zeros or skipped
-        return not self._tail[-trailing:].strip(b"\0")
+    def trailer(self, offset: int) -> str:
+        """What follows ``offset``, where tarfile stopped reading headers.
 
-
-def open_shard(path: str) -> BinaryIO:
-    """Open any Beam-readable path (local, gs://, s3://) for streaming, uncompressed."""
-    return fsio.open_read(path)
+        "end": two zero blocks (the end-of-archive marker), then only zeros (record padding);
+        "garbage": the marker, then other bytes; "cut": less than two blocks, all zero (the
+        file stops between members); "damaged": a header tarfile could not parse. Every byte
+        is looked at: a damaged header followed by megabytes of samples must not pass for an
+        end of archive.
+        """
+        ahead = self.total - offset              # bytes tarfile already read past ``offset``
+        if ahead > len(self._tail):
+            return "damaged"                     # cannot happen with tarfile's small read-ahead
+        head = self._tail[len(self._tail) - ahead:] if ahead > 0 else b""
+        rest_nonzero = bool(head[1024:].strip(b"\0"))
+        head = head[:1024]
+        while True:                              # drain what tarfile did not read, checking it
+            chunk = self._f.read(1 << 20)
+            if not chunk:
+                break
+            self.total += len(chunk)
+            if len(head) < 1024:
+                take = 1024 - len(head)
+                head, chunk = head + chunk[:take], chunk[take:]
+            rest_nonzero = rest_nonzero or bool(chunk.strip(b"\0"))
+        if head.strip(b"\0"):
+            return "damaged" if len(head) == 1024 else "cut"
+        if len(head) < 1024:
+            return "cut"
+        return "garbage" if rest_nonzero else "end"
 
 
 def tar_bytes_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -280,55 +300,3 @@ def tar_bytes_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.uname = info.gname = ""
     tar.addfile(info, io.BytesIO(data))
 
-
-class AtomicWriter:
-    """Write a file under a temporary name and rename it into place on success.
-
-    A reader never sees a half-written shard or parquet file, and a retried
-    bundle simply rewrites the same bytes (Dataflow retries are idempotent).
-    Works for local paths and Beam filesystems (gs:// rename is copy+delete).
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tmp = _tmp_name(path)
-        self._f = None
-
-    def __enter__(self) -> BinaryIO:
-        self._f = fsio.create(self.tmp)
-        return self._f
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        # close() flushes, so it can fail too (ENOSPC, EIO, a remote upload):
-        # whatever fails, the temporary file is removed and the error propagates.
-        try:
-            self._f.close()
-        except BaseException:
-            self._discard()
-            if exc_type is None:
-                raise
-            return                          # the first error (from the with-block) propagates
-        if exc_type is not None:
-            self._discard()
-            return
-        try:
-            fsio.replace(self.tmp, self.path)
-        except BaseException:
-            self._discard()
-            raise
-
-    def _discard(self) -> None:
-        try:
-            fsio.delete(self.tmp)
-        except Exception:  # best effort: the temp name is never read
-            pass
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    with AtomicWriter(path) as f:
-        f.write(data)
-
-
-def _tmp_name(path: str) -> str:
-    parent, base = os.path.split(path)
-    return os.path.join(parent, f".tmp-{os.getpid()}-{id(path) & 0xffff:x}-{base}") if parent else f".tmp-{base}"

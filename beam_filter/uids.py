@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
 
 UID_DTYPE = np.dtype("u8,u8")
@@ -25,10 +26,6 @@ def uid_to_pair(uid: str) -> tuple[int, int]:
     if len(u) != 32:
         raise ValueError(f"uid longer than 32 hex chars: {uid!r}")
     return int(u[:16], 16), int(u[16:32], 16)
-
-
-def pair_to_uid(hi: int, lo: int) -> str:
-    return f"{int(hi):016x}{int(lo):016x}"
 
 
 def uids_to_array(uids, sort: bool = True) -> np.ndarray:
@@ -44,22 +41,18 @@ def uids_to_array(uids, sort: bool = True) -> np.ndarray:
     return arr
 
 
-def array_to_uids(arr: np.ndarray) -> list[str]:
-    return [pair_to_uid(h, l) for h, l in zip(arr["f0"].tolist(), arr["f1"].tolist())]
-
-
 def save_uids(path: str, arr: np.ndarray) -> None:
     """Write a sorted subset file the way DataComp's baselines.py does (``np.save``).
 
-    Goes through Beam FileSystems so gs:// outputs work; bytes are deterministic.
+    Local or gs:// (fsio), written atomically; bytes are deterministic.
     """
-    from apache_beam.io.filesystems import FileSystems
-
     arr = np.ascontiguousarray(arr, dtype=UID_DTYPE)
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
-    with FileSystems.create(path) as f:
-        f.write(buf.getvalue())
+    fsio.write_bytes_atomic(path, buf.getvalue())
+
+
+UID_FILE = "a DataComp uid file (np.save of dtype u8,u8, or raw 16-byte records)"
 
 
 def load_uids(path: str) -> np.ndarray:
@@ -69,39 +62,12 @@ def load_uids(path: str) -> np.ndarray:
     neither (truncated, empty, another format) is a UserError naming it: it is the
     user's file, and numpy's own message does not say which file it was about.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        raise UserError(f"uid subset file not found: {path}")
-    try:
-        arr = _read_uid_array(path)
-    except (ValueError, EOFError, IsADirectoryError) as e:    # other OSErrors are I/O failures
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a DataComp uid file (np.save of dtype u8,u8, or raw 16-byte "
-                        f"records): {detail}") from None
+    arr = fsio.load_npy(path, "uid subset", expected=UID_FILE, mmap=True, raw_dtype=UID_DTYPE)
     if arr.dtype.names is None or len(arr.dtype.names) != 2 or arr.dtype.itemsize != 16:
         raise UserError(f"{path}: not a DataComp uid file (want dtype u8,u8, got {arr.dtype})")
     arr = np.asarray(arr).view(UID_DTYPE) if arr.dtype != UID_DTYPE else np.asarray(arr)
     if len(arr) > 1 and not _is_sorted(arr):
         arr = np.sort(arr, order=["f0", "f1"])
-    return arr
-
-
-def _read_uid_array(path: str) -> np.ndarray:
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in path:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-        if magic == b"\x93NUMPY":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
-            arr = np.memmap(path, dtype=UID_DTYPE, mode="r")
-    else:
-        with FileSystems.open(path) as f:
-            data = f.read()
-        arr = (np.load(io.BytesIO(data), allow_pickle=False) if data[:6] == b"\x93NUMPY"
-               else np.frombuffer(data, dtype=UID_DTYPE))
     return arr
 
 
@@ -120,10 +86,6 @@ class UidSet:
     def __init__(self, arr: np.ndarray):
         self._arr = arr
         # A single sort key: searchsorted on a structured array compares field by field.
-
-    @classmethod
-    def from_file(cls, path: str) -> "UidSet":
-        return cls(load_uids(path))
 
     def __len__(self) -> int:
         return len(self._arr)

@@ -270,7 +270,8 @@ def measure_draft(images, args, tmp):
     """Score differences draft vs exact preprocessing (and nvJPEG vs exact on CUDA)."""
     import torch
 
-    from beam_filter.models.clip import ClipModelHandler, write_tiny_clip
+    from beam_filter.devtools.tiny_models import write_tiny_clip
+    from beam_filter.models.clip import ClipModelHandler
     from beam_filter.models.image_prep import CpuImagePrep, GpuJpegPrep
 
     tiny_cfg, tiny_ckpt = write_tiny_clip(tmp, like="ViT-B-32", seed=0)

@@ -49,8 +49,9 @@ def _jpeg(i: int) -> bytes:
 def bench_cpu(n: int, batch_size: int, threads: int) -> None:
     import torch
 
+    from beam_filter.devtools.tiny_models import write_tiny_mlm
     from beam_filter.models import mlm_prompts as P
-    from beam_filter.models.mlm_filter import MLMFilterModelHandler, write_tiny_mlm
+    from beam_filter.models.mlm_filter import MLMFilterModelHandler
 
     torch.set_num_threads(threads)
     d = write_tiny_mlm(os.path.join(tempfile.mkdtemp(), "tiny"))

@@ -1,6 +1,6 @@
 """read -> rules -> decisions, and reshard: the Beam pipeline vs a plain single-process loop.
 
-Both sides do the same work with the same code (beam_filter.transforms.fused.process_shard
+Both sides do the same work with the same code (beam_filter.shard_work.process_shard
 and beam_filter.resharding.write_output_shard): the loop calls it shard after shard in one
 process, the pipeline runs it on the local runner, whose fused step spreads shards over one
 process per core (transforms/fused.py).
@@ -28,7 +28,7 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
     from beam_filter.cli import match_shards
     from beam_filter.pipeline import Job, local_processes, make_pipeline, pipeline_options
     from beam_filter.recipe import load_recipe
-    from beam_filter.tables import OutputLayout
+    from beam_filter.layout import OutputLayout
 
     shards = match_shards([os.path.join(pool, "*.tar")])
     recipe_obj = load_recipe(recipe)
@@ -36,10 +36,9 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
     t0 = time.perf_counter()
     samples = 0
     if variant == "loop_rules":
-        from beam_filter.registry import Stage
         from beam_filter.shard_work import process_shard
 
-        feature_stages = [s for s in recipe_obj.leaf_stages() if type(s).features is not Stage.features]
+        feature_stages = [s for s in recipe_obj.leaf_stages() if s.feature_columns()]
         for shard in shards:
             samples += process_shard(shard, feature_stages, recipe_obj.stages, layout, {}).counts["samples_read"]
     elif variant == "beam_rules":
@@ -58,10 +57,10 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         kept = [read_kept(d, _shards_by_stem(pool)) for d in decisions]
         by_shard = {k.shard: expand_kept(k.kept) for k in kept}
         plan = plan_output_shards([(k.shard, len(by_shard[k.shard])) for k in kept], shard_size)
-        os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+        os.makedirs(layout.shards_dir, exist_ok=True)
         for o in plan:
             parts = [(seg.shard, by_shard[seg.shard][seg.start:seg.end]) for seg in o.segments]
-            samples += write_output_shard(os.path.join(out, "shards", f"{o.index:08d}.tar"), parts)["count"]
+            samples += write_output_shard(layout.shard_tar(o.index), parts)["count"]
     elif variant == "beam_reshard":
         from beam_filter.pipeline import read_kept
         from beam_filter.transforms.reshard import WriteShards
@@ -72,10 +71,9 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         options = pipeline_options([])
         p = make_pipeline(options)
         (p | beam.Create(decisions) | beam.Map(read_kept, _shards_by_stem(pool))
-         | WriteShards(os.path.join(out, "shards"), shard_size, processes=local_processes(options)))
+         | WriteShards(layout, shard_size, processes=local_processes(options)))
         p.run().wait_until_finish()
-        samples = sum(json.load(open(os.path.join(out, "shards", f)))["count"]
-                      for f in os.listdir(os.path.join(out, "shards")) if f.endswith("_stats.json"))
+        samples = sum(json.load(open(f))["count"] for f in layout.shard_stats_files())
     else:
         raise SystemExit(f"unknown variant {variant}")
     seconds = time.perf_counter() - t0
@@ -98,7 +96,7 @@ def make_pool(pool: str, samples: int, replicate: int) -> None:
     Copies (new shard names, same content) give a DataComp-like shard count cheaply;
     the generator is the slow part (~100 samples/s), not what is measured.
     """
-    from beam_filter.sample_pool import make_sample
+    from beam_filter.devtools.sample_pool import make_sample
 
     t0 = time.time()
     make_sample(pool, samples=samples, seed=1, shard_size=1000)
@@ -174,4 +172,6 @@ if __name__ == "__main__":
 
 def _shards_by_stem(pool: str) -> dict:
     """{stem: tar path} of the pool: what `beam-filter reshard` matches decisions against."""
-    return {f[:-4]: os.path.join(pool, f) for f in os.listdir(pool) if f.endswith(".tar")}
+    from beam_filter.layout import shard_stem
+
+    return {shard_stem(f): os.path.join(pool, f) for f in os.listdir(pool) if f.endswith(".tar")}

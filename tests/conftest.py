@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory):
     """A 240-sample pool (seed 0) with broken shards: what `make demo` uses, plus file damage."""
-    from beam_filter.sample_pool import make_sample
+    from beam_filter.devtools.sample_pool import make_sample
 
     d = tmp_path_factory.mktemp("pool")
     manifest = make_sample(str(d), samples=240, seed=0, broken_shards=True)
@@ -27,7 +27,7 @@ def pool(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clean_pool(tmp_path_factory):
     """A 120-sample pool without broken shards (seed 3)."""
-    from beam_filter.sample_pool import make_sample
+    from beam_filter.devtools.sample_pool import make_sample
 
     d = tmp_path_factory.mktemp("clean_pool")
     manifest = make_sample(str(d), samples=120, seed=3, shard_size=40)

@@ -18,10 +18,11 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner  # 
 from apache_beam.testing.util import assert_that  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
+from beam_filter.devtools.tiny_models import write_tiny_clip  # noqa: E402
 from beam_filter.errors import UserError  # noqa: E402
 from beam_filter.models import image_prep  # noqa: E402
 from beam_filter.models.clip import (ClipModelHandler, ClipRunner, clip_provenance,  # noqa: E402
-                                     load_clip, write_tiny_clip)
+                                     load_clip)
 
 # Stated in image_prep's docstring, measured by benchmarks/bench_clip.py --measure-draft.
 DRAFT_TOLERANCE = 0.03

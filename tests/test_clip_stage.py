@@ -12,7 +12,7 @@ import pytest
 
 from beam_filter.errors import UserError
 from beam_filter.records import Sample
-from beam_filter.registry import build_stage
+from beam_filter.registry import ScoredStage, build_stage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -55,7 +55,7 @@ def test_params_are_validated():
     with pytest.raises(UserError):
         build_stage("c", "clip", {"filter_on": "flipped"})
     s = build_stage("clip_l14", "clip", {"model": "ViT-L-14", "fraction": 0.3})
-    assert s.is_model_stage and s.uses_global_info and not s.is_grouping_stage
+    assert s.is_model_stage and isinstance(s, ScoredStage) and s.kind == "scored"
     assert s.score_config() == {"model": "ViT-L-14", "pretrained": "openai", "precision": "auto",
                                 "draft": False, "decode": "cpu", "flip": True}
 

@@ -6,8 +6,6 @@ import io
 import json
 
 import apache_beam as beam
-
-from beam_filter.identity import token_uid
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -15,13 +13,11 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from beam_filter.records import Verdict
-
 from beam_filter.cluster import alignment, kmeans, near_dup, semdedup
 from beam_filter.errors import UserError
+from beam_filter.identity import token_uid
 from beam_filter.records import Sample, Verdict
 from beam_filter.registry import build_stage
-from beam_filter.transforms import cluster as T
 
 
 def _run(rows, make, check):

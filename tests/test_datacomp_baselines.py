@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from beam_filter.datacomp_metadata import (ReadDataCompMetadata, iter_metadata_rows,
-                                           list_metadata_files, write_synthetic_metadata)
+from beam_filter.datacomp_metadata import ReadDataCompMetadata, iter_metadata_rows, list_metadata_files
+from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
 from beam_filter.errors import UserError
 from beam_filter.recipe import load_recipe, parse_recipe
 from beam_filter.stages.datacomp import nearest_centroids, target_centroids
@@ -91,7 +91,7 @@ class Reference:
 
 
 def uid_records(uids) -> np.ndarray:
-    """DataComp subset format, written out from REFERENCE.md: sorted u8,u8 pairs."""
+    """DataComp subset format (what its baselines.py ``np.save``s), written out here: sorted u8,u8 pairs."""
     pairs = sorted((int(u.zfill(32)[:16], 16), int(u.zfill(32)[16:32], 16)) for u in uids)
     return np.array(pairs, dtype=np.dtype("u8,u8"))
 

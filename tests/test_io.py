@@ -8,9 +8,10 @@ import tarfile
 
 import pytest
 
+from beam_filter.fsio import AtomicWriter
 from beam_filter.reading import FileError, build_sample, read_shard
 from beam_filter.resharding import expand_kept, plan_output_shards, write_output_shard
-from beam_filter.tar_io import AtomicWriter, split_member_name
+from beam_filter.tar_io import split_member_name
 
 
 def make_tar(path, samples):
@@ -113,3 +114,93 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
 def test_build_sample_keeps_members_when_asked():
     s = build_sample("/p/00000000.tar", "k", {"jpg": jpeg(), "txt": b"hello there friend"}, keep_members=True)
     assert set(s.members) == {"jpg", "txt"} and s.caption == "hello there friend"
+
+
+# ---- fsio: the one I/O module, and the output layout ---------------------------------------
+
+def test_fsio_join_and_listing(tmp_path):
+    from beam_filter import fsio
+
+    assert fsio.join("gs://b/out/", "shards", "/00000000.tar") == "gs://b/out/shards/00000000.tar"
+    assert fsio.join(str(tmp_path), "a", "b.json") == os.path.join(str(tmp_path), "a", "b.json")
+    fsio.write_bytes_atomic(str(tmp_path / "d" / "1.json"), b'{"a": 1}')      # parent created
+    (tmp_path / "d" / ".tmp-9-ff-2.json").write_bytes(b"half")                # never listed
+    (tmp_path / "d" / "sub.json").mkdir()                                     # not a file
+    (tmp_path / "d" / "x.txt").write_bytes(b"")
+    assert fsio.list_files(str(tmp_path / "d"), "*.json") == [str(tmp_path / "d" / "1.json")]
+    assert fsio.read_json(fsio.list_files(str(tmp_path / "d"), "*.json")[0]) == {"a": 1}
+    assert fsio.list_files(str(tmp_path / "missing"), "*") == []
+    assert [f.size for f in fsio.list_dir(str(tmp_path / "d"), "*")] == [8, 0]
+
+
+def test_load_npy_errors_are_one_line(tmp_path):
+    import numpy as np
+
+    from beam_filter import fsio
+    from beam_filter.errors import UserError
+
+    good = str(tmp_path / "a.npy")
+    np.save(good, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert fsio.load_npy(good).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert fsio.load_npy(good, mmap=True).shape == (2, 3)
+    with pytest.raises(UserError, match=r"^target embeddings file not found: .*nope\.npy$"):
+        fsio.load_npy(str(tmp_path / "nope.npy"), "target embeddings")
+    bad = {"text.npy": b"hello, not numpy\n", "empty.npy": b"", "cut.npy": open(good, "rb").read()[:70]}
+    pickled = str(tmp_path / "pickled.npy")
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    for path in [str(tmp_path / n) for n in bad] + [pickled, str(tmp_path)]:
+        with pytest.raises(UserError) as info:
+            fsio.load_npy(path, "centroids")
+        msg = str(info.value)
+        assert msg.startswith(f"{path}: not a .npy file of centroids") and "\n" not in msg, msg
+    raw = str(tmp_path / "raw.bin")
+    np.arange(4, dtype="u8").tofile(raw)
+    assert fsio.load_npy(raw, raw_dtype=np.dtype("u8,u8"), mmap=True).shape == (2,)
+
+
+def test_file_sha256(tmp_path):
+    import hashlib
+
+    from beam_filter import fsio
+
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"x" * 3_000_000)
+    assert fsio.file_sha256(str(p)) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert fsio.file_sha256(str(p), limit=1) == hashlib.sha256(b"x" * (1 << 20)).hexdigest()
+
+
+def test_remote_call_runs_local_calls_directly_and_bounds_remote_ones(monkeypatch):
+    import time
+
+    from beam_filter import fsio
+
+    assert fsio.remote_call(lambda: 7, "/local/path") == 7
+    monkeypatch.setenv(fsio.IO_TIMEOUT_ENV, "0.2")
+    with pytest.raises(fsio.RemoteIOError, match=r"^gs://b/x: cannot list: no answer within 0.2 s"):
+        fsio.remote_call(lambda: time.sleep(5), "gs://b/x", "cannot list")
+    with pytest.raises(fsio.RemoteIOError, match=r"^gs://b/x: cannot access \(KeyError: 'k'\); check credentials"):
+        fsio.remote_call(lambda: {}["k"], "gs://b/x")
+
+
+def test_output_layout_names_every_output():
+    from beam_filter import output_dir
+    from beam_filter.layout import OUTPUT_FILES, OutputLayout, shard_stem
+
+    lay = OutputLayout("gs://b/out")
+    assert lay.scores("gs://b/pool/00000007.tar") == "gs://b/out/scores/00000007.parquet"
+    assert lay.embeddings("/p/00000007.tar") == "gs://b/out/embeddings/00000007.npz"
+    assert lay.decisions("00000007") == "gs://b/out/decisions/00000007.parquet"
+    assert lay.file_error("/p/00000007.tar") == "gs://b/out/file_errors/00000007.json"
+    assert lay.threshold("clip_l14") == "gs://b/out/thresholds/clip_l14.json"
+    assert (lay.uids, lay.report_json, lay.report_html, lay.report_png("shards")) == (
+        "gs://b/out/uids.npy", "gs://b/out/report.json", "gs://b/out/report.html", "gs://b/out/report_shards.png")
+    assert (lay.shard_tar(12), lay.shard_stats(12), lay.shards_meta) == (
+        "gs://b/out/shards/00000012.tar", "gs://b/out/shards/00000012_stats.json", "gs://b/out/shards/meta.json")
+    assert (lay.marker, lay.lock) == ("gs://b/out/" + output_dir.MARKER, "gs://b/out/" + output_dir.LOCK)
+    assert OutputLayout("/o").scores("/p/a.tar") == os.path.join("/o", "scores", "a.parquet")
+    assert shard_stem("gs://b/md/0001.parquet") == "0001"
+    # output_dir deletes (on --overwrite) exactly what the layout names
+    assert output_dir.KINDS[output_dir.OUTPUT] == OUTPUT_FILES
+    assert set(output_dir.RESUME_CLEARS) == {"decisions", "shards", "thresholds", "file_errors"}

@@ -35,7 +35,7 @@ ELEMENTS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from beam_filter.models.mlm_filter import write_tiny_mlm
+    from beam_filter.devtools.tiny_models import write_tiny_mlm
 
     return write_tiny_mlm(str(tmp_path_factory.mktemp("mlm") / "tiny"))
 

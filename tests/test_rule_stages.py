@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from beam_filter.errors import UserError
 from beam_filter.records import Sample, Verdict
-from beam_filter.registry import build_stage
+from beam_filter.registry import GroupStage, build_stage
 from beam_filter.uids import save_uids, uids_to_array
 
 
@@ -161,7 +160,7 @@ def test_exact_dedup_in_beam_pipeline():
         {"uid": "u8"},
     ]
     s = stage("exact_dedup")
-    assert s.is_grouping_stage
+    assert isinstance(s, GroupStage)
     with beam.Pipeline(runner=BundleBasedDirectRunner(),
                        options=PipelineOptions(["--runner=DirectRunner"])) as p:
         out = s.verdicts(p | beam.Create(rows)) | beam.Map(lambda kv: (token_uid(kv[0]), kv[1]))

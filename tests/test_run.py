@@ -51,7 +51,7 @@ def fasttext_lang(text: str) -> str:
 
 
 def datacomp_basic_keeps(members: dict[str, bytes]) -> bool:
-    """DataComp baselines.py basic_filter, written from REFERENCE.md without beam_filter code."""
+    """DataComp baselines.py basic_filter, written from its rules without beam_filter code."""
     caption = members["txt"].decode("utf-8")
     meta = json.loads(members["json"])
     w, h = meta.get("original_width"), meta.get("original_height")

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from beam_filter.devtools.sample_pool import (CATEGORY_SHARES, CORRUPT_KINDS, _other_language_sentences,
+                                              category_quotas, make_sample)
 from beam_filter.errors import UserError
-from beam_filter.sample_pool import (CATEGORY_SHARES, CORRUPT_KINDS, category_quotas, make_sample,
-                                     _other_language_sentences)
 from beam_filter.uids import stable_uid
 
 IMAGE_EXTS = ("jpg", "png", "webp")

@@ -20,7 +20,7 @@ main(sys.argv[2:])
 
 
 def test_open_clip_trainer_reads_output_shards(clean_pool, tmp_path):
-    from beam_filter.models.clip import write_tiny_clip
+    from beam_filter.devtools.tiny_models import write_tiny_clip
 
     pool_dir, _ = clean_pool
     out = tmp_path / "out"

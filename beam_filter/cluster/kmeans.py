@@ -22,6 +22,7 @@ import logging
 
 import numpy as np
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,10 @@ def assign(emb, centroids, *, batch_size: int | None = None, normalized: bool = 
 
 
 def save_centroids(path: str, centroids) -> None:
-    """Write centroids as a plain float32 ``.npy`` (local path or gs:// through Beam FileSystems)."""
-    from apache_beam.io.filesystems import FileSystems
-
+    """Write centroids as a plain float32 ``.npy`` (local path or gs://), atomically."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(centroids, dtype=np.float32), allow_pickle=False)
-    with FileSystems.create(path) as f:
-        f.write(buf.getvalue())
+    fsio.write_bytes_atomic(path, buf.getvalue())
 
 
 def load_centroids(path: str, *, dim: int | None = None, unit_norm: bool = True) -> np.ndarray:
@@ -124,16 +122,7 @@ def load_centroids(path: str, *, dim: int | None = None, unit_norm: bool = True)
     baseline assigns by inner product with its raw, non-normalised faiss
     centroids; pass ``unit_norm=False`` to reproduce that exactly.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        raise UserError(f"centroids file not found: {path}")
-    with FileSystems.open(path) as f:
-        data = f.read()
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not a numpy .npy array of centroids ({e})") from None
+    arr = fsio.load_npy(path, "centroids")
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating) or arr.shape[0] == 0:
         raise UserError(f"{path}: centroids must be a non-empty 2-D float array, got {arr.dtype} {arr.shape}")
     if dim is not None and arr.shape[1] != dim:

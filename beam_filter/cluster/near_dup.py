@@ -279,28 +279,23 @@ def load_eval_hashes(path: str) -> tuple[np.ndarray, list[str]]:
     """
     import os
 
-    from apache_beam.io.filesystems import FileSystems
-
+    from beam_filter import fsio
     from beam_filter.errors import UserError
 
     if path.endswith(".npy"):
-        if not FileSystems.exists(path):
-            raise UserError(f"eval hash file not found: {path}")
-        with FileSystems.open(path) as f:
-            arr = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        arr = fsio.load_npy(path, "eval hash")
         if arr.ndim != 1 or arr.dtype.kind not in "iu" or arr.dtype.itemsize != 8:
             raise UserError(f"{path}: want a 1-D int64/uint64 array of pHashes, got {arr.dtype} {arr.shape}")
         return arr.view(np.int64), [str(i) for i in range(len(arr))]
     pattern = path
     if not any(ch in path for ch in "*?["):
         pattern = path.rstrip("/") + "/*"
-    files = sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    files = fsio.match(pattern)
     if not files:
         raise UserError(f"no eval images match {pattern}")
     hashes, ids = [], []
     for p in files:
-        with FileSystems.open(p) as f:
-            data = f.read()
+        data = fsio.read_bytes(p)
         try:
             hashes.append(phash_bytes(data))
         except Exception as e:  # noqa: BLE001 - any decoder error means "not an image"

@@ -3,7 +3,9 @@
 Every random-looking decision in the cluster stages goes through these two
 functions, so the same pool and recipe give the same outputs on any runner, in
 any bundle order, on any number of workers: a row's fate depends only on its
-uid and a salt, never on where it sits in a file or a PCollection.
+uid and a salt, never on where it sits in a file or a PCollection. The k-means
+training sample is the rows with the smallest ``uid_hash64(uid, "kmeans<seed>")``
+(``kmeans.sample_by_uid``; the ``BottomK`` combiner in ``transforms/cluster.py``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,3 @@ def uid_hash64(uid: str, salt: str | int = "") -> int:
 def uid_unit(uid: str, salt: str | int = "") -> float:
     """The uid's hash mapped to [0, 1): the seeded coin of a row."""
     return uid_hash64(uid, salt) / _U64
-
-
-def bottom_k(items, k: int, key=lambda x: x):
-    """The ``k`` items with the smallest ``key``, sorted by it (a bottom-k sketch).
-
-    Choosing the rows with the smallest hash of uid is the sampling rule used
-    for k-means training and for per-cluster statistics: the chosen set does
-    not depend on order, and partial bottom-k sets merge exactly (the basis of
-    the Beam combiners in ``transforms/cluster.py``).
-    """
-    import heapq
-
-    return heapq.nsmallest(k, items, key=key)

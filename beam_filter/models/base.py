@@ -11,9 +11,8 @@ import os
 import shutil
 import tempfile
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
-
-_REMOTE_PREFIXES = ("gs://", "s3://", "az://", "hdfs://", "http://", "https://")
 
 
 def resolve_device(requested: str = "auto"):
@@ -40,23 +39,17 @@ def resolve_device(requested: str = "auto"):
     raise UserError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N")
 
 
-def is_remote(path: str) -> bool:
-    return str(path).startswith(_REMOTE_PREFIXES)
-
-
 def local_copy(path: str, cache_dir: str | None = None) -> str:
-    """Return a local path for ``path``, copying it once from gs://, s3:// ... via Beam FileSystems.
+    """Return a local path for ``path``, copying it once from gs://, s3:// ... (through fsio).
 
     The copy lands in a cache directory keyed by the path's hash, written to a
     temporary name and renamed, so concurrent workers on one VM never read a half
     written checkpoint.
     """
-    if not is_remote(path):
+    if not fsio.is_remote(path):
         if not os.path.exists(path):
             raise UserError(f"model file not found: {path}")
         return path
-    from apache_beam.io.filesystems import FileSystems
-
     cache_dir = cache_dir or os.environ.get(
         "BEAM_FILTER_CACHE", os.path.join(tempfile.gettempdir(), "beam_filter_models")
     )
@@ -67,23 +60,10 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
         return target
     fd, tmp = tempfile.mkstemp(dir=cache_dir)
     try:
-        with os.fdopen(fd, "wb") as out, FileSystems.open(path) as src:
+        with os.fdopen(fd, "wb") as out, fsio.open_read(path) as src:
             shutil.copyfileobj(src, out, 16 << 20)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
-
-
-def file_sha256(path: str, limit: int | None = None) -> str:
-    """Checksum of a weights file for provenance (meta.json, report)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        read = 0
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            read += len(chunk)
-            if limit and read >= limit:
-                break
-    return h.hexdigest()

@@ -41,7 +41,6 @@ gives the scores DataComp's ``clip_l14_similarity_score`` was computed with.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -52,10 +51,10 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
-from beam_filter.models.base import file_sha256, is_remote, local_copy, resolve_device
+from beam_filter.fsio import file_sha256, is_remote
+from beam_filter.models.base import local_copy, resolve_device
 from beam_filter.models.clip_tokenizer import fast_tokenizer
-from beam_filter.models.image_prep import (CORRUPT_IMAGE, CpuImagePrep, GpuJpegPrep, PrepConfig,
-                                           normalize_on_device)
+from beam_filter.models.image_prep import CpuImagePrep, GpuJpegPrep, PrepConfig, normalize_on_device
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODERS = ("cpu", "gpu")
@@ -189,45 +188,6 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
     cfg = dict(open_clip.get_model_preprocess_cfg(net))
     tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
     return net, cfg, tokenizer
-
-
-def write_tiny_clip(directory: str, like: str = "ViT-B-32", seed: int = 0) -> tuple[str, str]:
-    """Write a tiny randomly initialised CLIP of ``like``'s family; returns (config json, checkpoint).
-
-    Same model class, activation and tokenizer (vocab, context length) as ``like``,
-    with a 2-layer, 64-wide ViT on about 64 px images, a 2-layer 64-wide text
-    transformer and 32-d embeddings: a real open_clip checkpoint (``{"state_dict": ...}``)
-    that ``load_clip(config_json, checkpoint)`` loads, in well under a second.
-    """
-    import open_clip
-    import torch
-
-    base = open_clip.get_model_config(like)
-    if base is None:
-        raise UserError(f"unknown CLIP model {like!r}")
-    cfg = copy.deepcopy(base)
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    if ("timm_model_name" in vision or "hf_model_name" in text
-            or not isinstance(vision.get("layers"), int) or "patch_size" not in vision):
-        raise UserError(f"write_tiny_clip supports ViT towers with open_clip's own text transformer; "
-                        f"{like!r} is not one")
-    patch = int(vision["patch_size"])
-    grid = max(2, round(64 / patch))
-    vision.update(image_size=patch * grid, layers=2, width=64, head_width=32)
-    text.update(layers=2, width=64, heads=2)
-    cfg["embed_dim"] = 32
-    os.makedirs(directory, exist_ok=True)
-    stem = f"tiny-{like.replace('/', '-')}"
-    cfg_path = os.path.join(directory, f"{stem}.json")
-    ckpt_path = os.path.join(directory, f"{stem}.pt")
-    with open(cfg_path, "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    name = _model_name(cfg_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = open_clip.create_model(name, pretrained=None, device="cpu")
-    torch.save({"state_dict": net.state_dict()}, ckpt_path)
-    return cfg_path, ckpt_path
 
 
 def clip_provenance(model: str, pretrained: str | None) -> dict:

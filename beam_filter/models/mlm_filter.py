@@ -49,9 +49,11 @@ from typing import Any, Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
+from beam_filter.fsio import is_remote
 from beam_filter.models import mlm_prompts as P
-from beam_filter.models.base import is_remote, resolve_device
+from beam_filter.models.base import resolve_device
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
 CORRUPT_IMAGE = "corrupt_image"
@@ -134,30 +136,28 @@ def _cache_root() -> str:
 
 
 def _copy_remote_dir(path: str) -> str:
-    """Copy a checkpoint directory from gs:// / s3:// ... once per VM (Beam FileSystems).
+    """Copy a checkpoint directory from gs:// / s3:// ... once per VM (through fsio).
 
     Same idea as ``base.local_copy`` for a whole directory: a cache folder named by the
     path's hash, written under a temporary name and renamed, so concurrent workers on a
     VM never read a half-copied checkpoint.
     """
-    from apache_beam.io.filesystems import FileSystems
-
     root = path.rstrip("/")
     target = os.path.join(_cache_root(), hashlib.sha256(root.encode()).hexdigest()[:16]
                           + "-" + os.path.basename(root))
     if os.path.isdir(target):
         return target
-    matches = FileSystems.match([root + "/**"])[0].metadata_list
+    matches = fsio.match(root + "/**")
     if not matches:
         raise UserError(f"model directory {path} is empty or missing")
     os.makedirs(_cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=_cache_root())
     try:
-        for meta in matches:
-            rel = meta.path[len(root) + 1:]
+        for match in matches:
+            rel = match[len(root) + 1:]
             dest = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with FileSystems.open(meta.path) as src, open(dest, "wb") as out:
+            with fsio.open_read(match) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 16 << 20)
         try:
             os.replace(tmp, target)
@@ -385,7 +385,6 @@ class MLMScorer:
 
 def load_mlm(model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto") -> MLMScorer:
     """Load an MLM-Filter checkpoint (hub id, local dir or gs://... dir) onto ``device``."""
-    import torch
     from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
     from transformers.initialization import no_init_weights
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
@@ -555,135 +554,6 @@ class MLMFilterModelHandler(ModelHandler):
 
     def get_metrics_namespace(self) -> str:
         return "BeamFilter_MLM"
-
-
-# --------------------------------------------------------------------------- tiny twin
-_TINY_CORPUS_EXTRA = (
-    "a photo of a red car parked on the street near a tall building at night "
-    "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9 10 42 85 100 "
-)
-
-
-def _tiny_tokenizer(directory: str):
-    """A byte-level BPE tokenizer built offline, Qwen-shaped: digits split one by one, ChatML specials."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    # Qwen2's pre-tokenisation pattern: each digit is its own piece.
-    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    corpus = [P.INSTRUCTION_TEMPLATE, *P.CRITERIA.values(), P.SYSTEM, _TINY_CORPUS_EXTRA]
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, bos_token=None, chat_template=P.CHAT_TEMPLATE)
-    fast.save_pretrained(directory)
-    return fast
-
-
-def _steer_to_score_tokens(llm, tokenizer) -> None:
-    """Make a random LLM answer with digits (and sometimes "\n" or ","), input-dependently.
-
-    The final norm keeps only hidden dims 0 and 1, the input embeddings carry nothing in
-    those dims (so what lands there comes from attention over the image and caption),
-    and the output rows of the digits, newline and comma sit on a large circle in that
-    plane: the next token is the one whose angle is closest to the hidden state's. So
-    answers vary with the input, parse to integers most of the time and to None
-    sometimes, and the offline smoke runs exercise keep, drop and ``mlm_unparsable``.
-    """
-    import math
-
-    import torch
-
-    tokens = [str(d) for d in range(10)] + ["\u010a", ","]      # byte-level "\n" is "Ċ"
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    with torch.no_grad():
-        norm = llm.model.norm.weight
-        norm.zero_()
-        norm[:2] = 1.0
-        llm.model.embed_tokens.weight[:, :2] = 0.0
-        head = llm.lm_head.weight
-        for k, tid in enumerate(ids):
-            angle = 2 * math.pi * k / len(ids)
-            head[tid, 0] = 20 * math.cos(angle)
-            head[tid, 1] = 20 * math.sin(angle)
-
-
-def write_tiny_mlm(directory: str, seed: int = 0) -> str:
-    """Write a tiny random MLM-Filter twin in the published on-disk layout; return ``directory``.
-
-    Real architecture at toy sizes: a SigLIP vision tower (in ``vision_tower/``, referenced
-    by ``mm_vision_tower`` as the real checkpoint references google/siglip-so400m-patch14-384),
-    an mlp2x_gelu projector and a Qwen2 LLM (untied head, steered to answer in digits), LLaVA-Unified weight names,
-    a tokenizer with ChatML specials and a SigLIP image-processor config. Deterministic in ``seed``.
-    """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    os.makedirs(directory, exist_ok=True)
-    tokenizer = _tiny_tokenizer(directory)
-    torch.manual_seed(seed)
-
-    vision_cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=2, image_size=56, patch_size=14)
-    vision = SiglipVisionModel(vision_cfg).eval()
-    vision_dir = os.path.join(directory, "vision_tower")
-    os.makedirs(vision_dir, exist_ok=True)
-    # Same layout as google/siglip-so400m-patch14-384: a "siglip" config holding a
-    # vision_config, weights named vision_model.* (the text half is omitted here).
-    tower = {"vision_model." + k.removeprefix("vision_model."): v.contiguous()
-             for k, v in vision.state_dict().items()}
-    save_file(tower, os.path.join(vision_dir, "model.safetensors"), metadata={"format": "pt"})
-    vision_json = {k: v for k, v in vision_cfg.to_dict().items()
-                   if k not in ("architectures", "model_type", "transformers_version")}
-    with open(os.path.join(vision_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"architectures": ["SiglipModel"], "model_type": "siglip",
-                   "vision_config": vision_json}, f, indent=2, sort_keys=True)
-    SiglipImageProcessorPil(size={"height": 56, "width": 56}, image_mean=[0.5] * 3,
-                            image_std=[0.5] * 3, resample=3).save_pretrained(vision_dir)
-
-    vocab = (len(tokenizer) + 63) // 64 * 64 + 64     # spare rows, as Qwen's 151936 > len(tokenizer)
-    text_cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=4096, tie_word_embeddings=False,
-                           rope_theta=1000000.0, rms_norm_eps=1e-6,
-                           bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id)
-    llm = Qwen2ForCausalLM(text_cfg).eval()
-    _steer_to_score_tokens(llm, tokenizer)
-    weights = {k: v.contiguous() for k, v in llm.state_dict().items()}
-    proj1 = torch.nn.Linear(vision_cfg.hidden_size, text_cfg.hidden_size)
-    proj2 = torch.nn.Linear(text_cfg.hidden_size, text_cfg.hidden_size)
-    for i, layer in ((0, proj1), (2, proj2)):
-        weights[f"model.mm_projector.{i}.weight"] = layer.weight.detach().contiguous()
-        weights[f"model.mm_projector.{i}.bias"] = layer.bias.detach().contiguous()
-    save_file(weights, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-
-    config = {k: v for k, v in text_cfg.to_dict().items()
-              if k not in ("architectures", "model_type", "transformers_version")}
-    config.update({
-        "architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen",
-        "mm_vision_tower": "vision_tower", "mm_hidden_size": vision_cfg.hidden_size,
-        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch", "mm_use_im_start_end": False,
-        "mm_use_im_patch_token": False, "mm_patch_merge_type": "flat",
-        "image_aspect_ratio": "pad", "tokenizer_padding_side": "right",
-        "unfreeze_mm_vision_tower": False,
-    })
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    return directory
 
 
 # --------------------------------------------------------------------------- export (vLLM)

@@ -89,7 +89,6 @@ CHAT_TEMPLATE = (
 # 0..100 whole and change nothing else under greedy decoding. max_new_tokens=2 reproduces
 # the reference byte for byte.
 DEFAULT_MAX_NEW_TOKENS = 3
-REFERENCE_MAX_NEW_TOKENS = 2
 # v2 truncates the tokenised prompt (image placeholder included) to this many ids.
 DEFAULT_MAX_LEN = 2040
 

@@ -21,12 +21,13 @@ import os
 
 import numpy as np
 
-from beam_filter.report import files, plots
+from beam_filter import fsio
+from beam_filter.layout import OutputLayout
+from beam_filter.report import plots
 from beam_filter.report.data import ReportData, safe_name, scan
 from beam_filter.report.html import render
 from beam_filter.report.thumbnails import THUMB_PX, fetch_thumbnails
 
-REPORT_HTML = "report.html"
 SAMPLES_PER_GROUP = 8
 
 
@@ -68,19 +69,18 @@ def write_report(output_dir: str, samples_per_group: int = SAMPLES_PER_GROUP,
     images = {k: "data:image/png;base64," + base64.b64encode(v).decode("ascii") for k, v in pngs.items()}
     page = render(data, images, thumbs, __version__)
 
+    layout = OutputLayout(output_dir)
     written = set()
     for name, png in sorted(pngs.items()):
-        fname = f"report_{safe_name(name)}.png"
-        files.write_bytes(files.join(output_dir, fname), png)
-        written.add(fname)
-    if not files.is_remote(output_dir):
-        # Plots of columns gone since the last report would mislead: remove them.
-        for old in files.list_files(output_dir, "report_*.png"):
-            if os.path.basename(old) not in written:
-                os.remove(old)
-    path = files.join(output_dir, REPORT_HTML)
-    files.write_bytes(path, page.encode("utf-8"))
-    return path
+        path = layout.report_png(safe_name(name))
+        fsio.write_bytes_atomic(path, png)
+        written.add(os.path.basename(path))
+    # Plots of columns gone since the last report would mislead: remove them.
+    stale = [old for old in layout.report_png_files() if os.path.basename(old) not in written]
+    if stale:
+        fsio.delete(*stale)
+    fsio.write_bytes_atomic(layout.report_html, page.encode("utf-8"))
+    return layout.report_html
 
 
 __all__ = ["write_report", "scan", "make_plots", "ReportData"]

@@ -28,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beam_filter import fsio, tables
 from beam_filter import records as R
 from beam_filter.errors import UserError
-from beam_filter.report import files
+from beam_filter.layout import OutputLayout
 
 READ_STAGE = "read"
 KEPT_GROUP = "kept"
@@ -120,11 +121,11 @@ class ReportData:
 
 def load_meta(output_dir: str) -> tuple[dict, list[str]]:
     """report.json as a dict ({} when absent), plus warnings."""
-    path = files.join(output_dir, "report.json")
-    if not files.exists(path):
+    path = OutputLayout(output_dir).report_json
+    if not fsio.exists(path):
         return {}, ["report.json not found: funnel order, timings and provenance are missing"]
     try:
-        meta = json.loads(files.read_bytes(path).decode("utf-8"))
+        meta = json.loads(fsio.read_bytes(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         return {}, [f"report.json is not valid JSON ({e}); it was ignored"]
     if not isinstance(meta, dict):
@@ -183,7 +184,7 @@ def _read_footers(paths: list[str]) -> _Footers:
     """One footer read per file, each file closed again (a run can have 10k+ decision files)."""
     ft = _Footers({}, [], {}, {}, [])
     for path in paths:
-        md = files.parquet_metadata(path)
+        md = tables.parquet_metadata(path)
         arrow = md.schema.to_arrow_schema()
         for field in arrow:
             ft.schema.setdefault(field.name, field.type)
@@ -218,7 +219,7 @@ def _column_ranges(paths: list[str], ft: _Footers, columns: list[str]) -> dict[s
         need = sorted(no_stats & set(columns))
         if not need:
             continue
-        tbl = files.read_parquet(path, need)
+        tbl = tables.read_table(path, need)
         for c in need:
             v = _as_float(tbl.column(c))
             v = v[np.isfinite(v)]
@@ -428,7 +429,7 @@ def _stage_order(meta: dict, seen_stages: set[str]) -> list[tuple[str, str]]:
 def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
     """Read ``output_dir`` (decisions + report.json) into a :class:`ReportData`."""
     meta, warnings = load_meta(output_dir)
-    paths = files.list_files(files.join(output_dir, "decisions"), "*.parquet")
+    paths = OutputLayout(output_dir).decision_files()
     if not paths:
         raise UserError(f"no decisions/*.parquet under {output_dir}: run `beam-filter select` first")
     ft = _read_footers(paths)
@@ -463,7 +464,7 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
 
     for path, file_cols in zip(paths, ft.columns):
         cols = sorted(file_cols & wanted)
-        tbl = files.read_parquet(path, cols)
+        tbl = tables.read_table(path, cols)
         n = tbl.num_rows
         if n == 0:
             continue

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from PIL import Image
 
-from beam_filter.report import files
+from beam_filter import fsio
 from beam_filter.rules.image_header import probe_image
 from beam_filter.tar_io import IMAGE_EXTS, ShardError, iter_tar_groups, split_member_name
 
@@ -188,7 +188,7 @@ def read_members(path: str, keys: set[str]) -> tuple[dict[str, dict[str, bytes]]
 
 def _read_plain(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
     try:
-        f = files.open_binary(path)
+        f = fsio.open_read(path)
     except Exception as e:  # missing, permission, transient remote error
         return f"shard unavailable ({type(e).__name__})"
     with f:
@@ -206,7 +206,7 @@ def _read_plain(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -
 
 def _read_renamed(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
     try:
-        f = files.open_binary(path)
+        f = fsio.open_read(path)
     except Exception as e:  # missing, permission, transient remote error
         return f"shard unavailable ({type(e).__name__})"
     with f:

@@ -70,13 +70,12 @@ def load_caption_list(path: str) -> frozenset[str]:
     """A user list of junk captions: one caption per line (UTF-8), matched lowercased.
 
     Lines are lowercased here (the match is on the lowercased caption) and
-    empty lines are ignored. gs:// paths work through Beam FileSystems.
+    empty lines are ignored. gs:// paths work too (fsio).
     """
-    from apache_beam.io.filesystems import FileSystems
+    from beam_filter import fsio
 
     try:
-        with FileSystems.open(path) as f:
-            data = f.read().decode("utf-8")
+        data = fsio.read_bytes(path).decode("utf-8")
     except (OSError, IOError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read caption list {path}: {e}") from None
     return frozenset(line.lower() for line in data.splitlines() if line.strip())

@@ -30,7 +30,8 @@ import numpy as np
 
 from beam_filter.errors import UserError
 from beam_filter.records import READ_ERROR
-from beam_filter.registry import Param, Stage, register
+from beam_filter.columns import need
+from beam_filter.registry import Param, ScoredStage, register
 
 TINY_DIR = "clip_tiny"
 # DataComp metadata columns by open_clip model name (all computed with OpenAI weights).
@@ -78,7 +79,7 @@ class ScoreGetter:
 
 
 @register
-class ClipStage(Stage):
+class ClipStage(ScoredStage):
     """CLIP image-text similarity (open_clip) and a fixed or top-fraction threshold on it."""
 
     name = "clip"
@@ -127,7 +128,7 @@ class ClipStage(Stage):
     def check_weights(self) -> None:
         """Local model/checkpoint paths must exist: checked when the CLI loads the recipe,
         so a typo fails in the first second, naming the parameter, not in a worker later."""
-        from beam_filter.models.base import is_remote
+        from beam_filter.fsio import is_remote
         from beam_filter.models.clip import is_checkpoint_path
 
         p = self.p
@@ -137,6 +138,17 @@ class ClipStage(Stage):
         if is_checkpoint_path(p.pretrained) and not is_remote(p.pretrained) and not os.path.isfile(p.pretrained):
             raise UserError(f"stage {self.id!r}: pretrained={p.pretrained!r}: no such checkpoint file; "
                             f"set --set {self.id}.pretrained=PATH or a pretrained tag (openai, ...)")
+
+    # ---- columns -------------------------------------------------------------
+    def score_columns(self) -> tuple[str, ...]:
+        flipped = (self.flipped_column,) if self.p.flip else ()
+        return (self.score_column,) + flipped + (self.image_column, self.text_column)
+
+    def needs(self):
+        if self.p.threshold is None and self.p.fraction is None:
+            return ()       # scores only: other stages read its columns
+        g = self.getter
+        return (need(g.column, g.fallback, what=f"the {self.p.filter_on} filtered on"),)
 
     # ---- score phase --------------------------------------------------------
     def model_handler(self):
@@ -190,10 +202,11 @@ class ClipStage(Stage):
 
     # ---- offline smoke tests ------------------------------------------------------
     @classmethod
-    def write_test_model(cls, directory: str) -> None:
-        from beam_filter.models.clip import write_tiny_clip
+    def write_test_model(cls, directory: str) -> bool:
+        from beam_filter.devtools.tiny_models import write_tiny_clip
 
         write_tiny_clip(os.path.join(directory, TINY_DIR), like="ViT-B-32")
+        return True
 
     @classmethod
     def test_model_params(cls, directory: str) -> dict:

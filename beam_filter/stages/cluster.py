@@ -17,7 +17,8 @@ from typing import Any
 from beam_filter.cluster import kmeans, near_dup
 from beam_filter.records import READ_ERROR
 from beam_filter.process_cache import once_per_process
-from beam_filter.registry import Param, Stage, register
+from beam_filter.columns import need
+from beam_filter.registry import GroupStage, Param, RuleStage, register
 
 DEFAULT_EMBEDDING = "clip_image_embedding"
 PHASH = "phash"
@@ -55,6 +56,9 @@ class _PhashFeature:
 
     score_params = ()
 
+    def feature_columns(self) -> tuple[str, ...]:
+        return (PHASH,)
+
     def features(self, sample) -> dict:
         if sample.features.get(PHASH) is not None or not sample.image:
             return {}
@@ -65,7 +69,7 @@ class _PhashFeature:
 
 
 @register
-class SemDeDupStage(Stage):
+class SemDeDupStage(GroupStage):
     """SemDeDup: in each k-means cluster, drop items too similar to an earlier one (cluster/semdedup.py)."""
 
     name = "semdedup"
@@ -81,6 +85,12 @@ class SemDeDupStage(Stage):
                                   check=lambda v: v is not None and v >= 2, check_msg="must be >= 2"),
     }
 
+    def needs(self):
+        return (need(self.p.embedding, what="the embedding to cluster"),)
+
+    def verdict_columns(self) -> tuple[str, ...]:
+        return (f"{self.id}_cluster",)
+
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import SemDeDup
 
@@ -93,7 +103,7 @@ class SemDeDupStage(Stage):
 
 
 @register
-class NearDedupStage(_PhashFeature, Stage):
+class NearDedupStage(_PhashFeature, GroupStage):
     """Near-duplicate images by pHash + LSH banding; one survivor per group (cluster/near_dup.py)."""
 
     name = "near_dedup"
@@ -114,6 +124,15 @@ class NearDedupStage(_PhashFeature, Stage):
         "eval_tolerance": Param(int, None, "Hamming tolerance for decontamination (default: tolerance)"),
     }
 
+    def needs(self):
+        p = self.p
+        out = [need(PHASH, what="the image's pHash")]
+        if p.quality:
+            out.append(need(p.quality, what="the quality score choosing the survivor"))
+        if p.min_similarity is not None:
+            out.append(need(p.embedding, what="the embedding of the similarity check"))
+        return tuple(out)
+
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import NearDedup
 
@@ -125,7 +144,7 @@ class NearDedupStage(_PhashFeature, Stage):
 
 
 @register
-class DecontaminateStage(_PhashFeature, Stage):
+class DecontaminateStage(_PhashFeature, RuleStage):
     """Drop pool samples whose image near-duplicates an eval-set image (per row, no shuffle)."""
 
     name = "decontaminate"
@@ -147,6 +166,9 @@ class DecontaminateStage(_PhashFeature, Stage):
 
         return once_per_process("eval_phash_index", (p.path, p.bands, p.tolerance), load)
 
+    def needs(self):
+        return (need(PHASH, what="the image's pHash"),)
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         h = row.get(PHASH)
         if h is None:
@@ -156,7 +178,7 @@ class DecontaminateStage(_PhashFeature, Stage):
 
 
 @register
-class ClusterImportanceStage(Stage):
+class ClusterImportanceStage(GroupStage):
     """Resample clusters by how much of a target embedding set they hold (cluster/alignment.py)."""
 
     name = "cluster_importance"
@@ -173,6 +195,9 @@ class ClusterImportanceStage(Stage):
                        check=lambda v: v is not None and v >= 0, check_msg="must be >= 0"),
     }
 
+    def needs(self):
+        return (need(self.p.embedding, what="the embedding to cluster"),)
+
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import ClusterImportance
 
@@ -187,7 +212,7 @@ class ClusterImportanceStage(Stage):
 
 
 @register
-class ClusterBalanceStage(Stage):
+class ClusterBalanceStage(GroupStage):
     """Keep at most ``cap`` rows per cluster: the best by a score, else a uid-hash choice."""
 
     name = "cluster_balance"
@@ -197,6 +222,12 @@ class ClusterBalanceStage(Stage):
         "cap": Param(int, None, "rows kept per cluster", required=True, check=_pos, check_msg="must be > 0"),
         "score": Param(str, None, "score column; the highest are kept (default: by uid hash)"),
     }
+
+    def needs(self):
+        out = [need(self.p.embedding, what="the embedding to cluster")]
+        if self.p.score:
+            out.append(need(self.p.score, what="the score ranking rows within a cluster"))
+        return tuple(out)
 
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import ClusterBalance
@@ -221,7 +252,7 @@ def _copies_ok(v) -> bool:
 
 
 @register
-class QualityDuplicationStage(Stage):
+class QualityDuplicationStage(GroupStage):
     """Extra copies for rows ranked high by a score within their cluster (upsampling)."""
 
     name = "quality_duplication"
@@ -244,6 +275,12 @@ class QualityDuplicationStage(Stage):
 
         if len(self.p.fractions) != len(self.p.copies):
             raise UserError(f"stage {stage_id!r}: fractions and copies must have the same length")
+
+    def needs(self):
+        out = [need(self.p.score, what="the score ranking rows")]
+        if self.p.per_cluster:
+            out.append(need(self.p.embedding, what="the embedding to cluster"))
+        return tuple(out)
 
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import QualityDuplication

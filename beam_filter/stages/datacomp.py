@@ -1,7 +1,7 @@
 """DataComp's baselines beyond basic_filter and clip_score: laion2b, text_based, image_based.
 
 Each rule is stated once, as a plain function at the top of this module, exactly as
-DataComp's baselines.py applies it (shared/REFERENCE.md); the stage classes below
+DataComp's baselines.py applies it (mlfoundations/datacomp, baselines.py); the stage classes below
 only adapt them to the score and select phases.
 
 * ``laion2b``: CLIP ViT-B/32 score >= 0.28 AND gcld3 language ``en``
@@ -26,20 +26,21 @@ uses it; otherwise the DataComp column is used, so one recipe serves both inputs
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 import numpy as np
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
 from beam_filter.records import CAPTION, Verdict
 from beam_filter.identity import row_token
 from beam_filter.process_cache import once_per_process
-from beam_filter.registry import Param, Stage, register
+from beam_filter.columns import need
+from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules.caption import caption_chars
 from beam_filter.rules.language import detect_language_cld3, fasttext_token_count
-from beam_filter.stages.rules import FastTextLanguageStage, row_language
+from beam_filter.stages.rules import FastTextLanguage, row_language
 
 LAION_THRESHOLD = 0.28
 CLD3_LANG, CLD3_SCORE = "lang_cld3", "lang_cld3_score"   # same columns as `language` with gcld3
@@ -127,34 +128,21 @@ def target_centroids(centroids: np.ndarray, features: np.ndarray) -> np.ndarray:
 
 # ---- per-process caches --------------------------------------------------------------------
 
-def load_npy(path: str) -> np.ndarray:
-    """``np.load(path, allow_pickle=False)`` (local or gs://), once per process."""
-    def load():
-        from apache_beam.io.filesystems import FileSystems
-
-        try:
-            with FileSystems.open(path) as f:
-                data = f.read()
-        except Exception as e:  # noqa: BLE001 - every filesystem has its own errors
-            raise UserError(f"cannot read {path}: {e}") from None
-        try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as e:
-            raise UserError(f"{path}: not a plain numpy .npy array ({e})") from None
-
-    return once_per_process("npy", path, load)
+def load_npy(path: str, what: str = "array") -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` (local or gs://), once per process; ``what`` names it in errors."""
+    return once_per_process("npy", path, lambda: fsio.load_npy(path, what))
 
 
 def centroid_index(path: str) -> CentroidIndex:
     """The CentroidIndex of a centroid .npy, built once per process."""
-    return once_per_process("centroid_index", path, lambda: CentroidIndex(load_npy(path)))
+    return once_per_process("centroid_index", path, lambda: CentroidIndex(load_npy(path, "centroids")))
 
 
 # ---- stages ------------------------------------------------------------------------------
 
 
 @register
-class Laion2B(Stage):
+class Laion2B(RuleStage):
     """DataComp's LAION-2B reproduction: B/32 CLIP score >= 0.28 and gcld3 English."""
 
     name = "laion2b"
@@ -166,9 +154,17 @@ class Laion2B(Stage):
     }
     score_params = ()
 
+    def feature_columns(self) -> tuple[str, ...]:
+        return (CLD3_LANG, CLD3_SCORE)
+
     def features(self, sample) -> dict:
         lang, score = detect_language_cld3(sample.caption)
         return {CLD3_LANG: lang, CLD3_SCORE: score}
+
+    def needs(self):
+        own = f"{self.p.clip_stage}_score" if self.p.clip_stage else None
+        return (need(own, DATACOMP_B32, what="the B/32 CLIP score"),
+                need(CLD3_LANG, CAPTION, what="the gcld3 language, or the caption to detect it from"))
 
     def _score(self, row: dict):
         col = f"{self.p.clip_stage}_score" if self.p.clip_stage else None
@@ -188,7 +184,7 @@ class Laion2B(Stage):
 
 
 @register
-class TextBased(FastTextLanguageStage):
+class TextBased(FastTextLanguage, RuleStage):
     """DataComp text_based: English caption naming an ImageNet-21k concept (WordNet)."""
 
     name = "text_based"
@@ -198,13 +194,16 @@ class TextBased(FastTextLanguageStage):
         "wordnet_dir": Param(str, None, "WordNet 3.0 database directory (default: searched; "
                              "apt-get install wordnet-base)"),
     }
+    def needs(self):
+        return (need(CAPTION),)
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         return text_based_reason(row.get(CAPTION), self.row_language(row),
                                  self.p.wordnet_dir)
 
 
 @register
-class ImageBased(FastTextLanguageStage):
+class ImageBased(FastTextLanguage, GroupStage):
     """DataComp image_based: caption pre-filter, then keep images whose nearest centroid is a target."""
 
     name = "image_based"
@@ -220,11 +219,17 @@ class ImageBased(FastTextLanguageStage):
         "batch_size": Param(int, 1024, "rows per nearest-centroid search", check=lambda v: v >= 1,
                             check_msg="must be >= 1"),
     }
-    def embedding_of(self, row: dict) -> np.ndarray:
+    def embedding_columns(self) -> list[str]:
+        """Where the image embedding is looked for, in order."""
         if self.p.embedding:
-            cols = [self.p.embedding]
-        else:
-            cols = ([f"{self.p.clip_stage}_image_embedding"] if self.p.clip_stage else []) + [DATACOMP_L14_IMG]
+            return [self.p.embedding]
+        return ([f"{self.p.clip_stage}_image_embedding"] if self.p.clip_stage else []) + [DATACOMP_L14_IMG]
+
+    def needs(self):
+        return (need(CAPTION), need(*self.embedding_columns(), what="the L/14 image embedding"))
+
+    def embedding_of(self, row: dict) -> np.ndarray:
+        cols = self.embedding_columns()
         for col in cols:
             value = row.get(col)
             if value is not None:
@@ -246,7 +251,7 @@ class ImageBased(FastTextLanguageStage):
                 searched.append(row)
         if searched:
             index = centroid_index(self.p.centroids)
-            targets = load_npy(self.p.targets)
+            targets = load_npy(self.p.targets, "image_based targets")
             if not np.issubdtype(targets.dtype, np.integer):
                 raise UserError(f"image_based: {self.p.targets} must hold integer centroid ids, "
                                 f"not {targets.dtype}")
@@ -265,7 +270,7 @@ class ImageBased(FastTextLanguageStage):
                 | f"{self.id}/NearestCentroid" >> beam.FlatMap(self.batch_verdicts))
 
     def provenance(self) -> dict:
-        from beam_filter.models.base import file_sha256, is_remote
+        from beam_filter.fsio import file_sha256, is_remote
 
         out = {"type": self.name, "params": self.config}
         for key in ("centroids", "targets"):

@@ -8,7 +8,7 @@ Select: keep a row when every filtered metric passes. A metric is filtered by
 ``thresholds: {metric: int}`` (keep score >= threshold; several metrics = AND, the
 MLM-Filter README's ITM >= 66 AND ODF >= 20), or by the ``metric`` + ``threshold`` /
 ``fraction`` shorthand. A fraction keeps the top share of the pool with the rank-n rule
-of REFERENCE.md (ties at the threshold kept with probability (n - #above) / #equal,
+of the MLM-Filter reference (ties at the threshold kept with probability (n - #above) / #equal,
 seeded). A row whose filtered score is None is dropped with ``mlm_unparsable`` (the
 reference rejects what ``int()`` refuses); a low one with ``mlm_<metric>_below_threshold``.
 
@@ -24,7 +24,8 @@ from typing import Any
 
 from beam_filter.errors import UserError
 from beam_filter.models import mlm_prompts as P
-from beam_filter.registry import Param, Stage, register
+from beam_filter.columns import need
+from beam_filter.registry import Param, ScoredStage, register
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
 UNPARSABLE = "mlm_unparsable"
@@ -62,7 +63,7 @@ def _fraction(v) -> bool:
 
 
 @register
-class MLMFilter(Stage):
+class MLMFilter(ScoredStage):
     """MLM-Filter (Wang et al. 2024): a fine-tuned multimodal LM rates each pair 0-100 per metric."""
 
     name = "mlm"
@@ -139,6 +140,14 @@ class MLMFilter(Stage):
             raise UserError(f"stage {self.id!r}: model={self.p.model!r} {problem}; set --set "
                             f"{self.id}.model=DIR (an MLM-Filter checkpoint directory) or a hub id")
 
+    # ---- columns -----------------------------------------------------------
+    def score_columns(self) -> tuple[str, ...]:
+        return tuple(self.columns[m] for m in self.scored)
+
+    def needs(self):
+        filtered = [m for m in P.METRICS if m in self.thresholds or m == self.rank_metric]
+        return tuple(need(self.columns[m], what=f"the MLM-Filter {m} score") for m in filtered)
+
     # ---- score phase ------------------------------------------------------
     def model_handler(self):
         p = self.p
@@ -182,7 +191,7 @@ class MLMFilter(Stage):
         return self._rank_reason(row, info)
 
     def _rank_reason(self, row: dict, info: Any) -> str | None:
-        # The seeded tie-break at the threshold (REFERENCE.md: ties kept with probability
+        # The seeded tie-break at the threshold (as MLM-Filter: ties kept with probability
         # (n - #above) / #equal).
         from beam_filter.rules.thresholds import keep_at_rank
 
@@ -198,10 +207,11 @@ class MLMFilter(Stage):
 
     # ---- offline smoke tests ------------------------------------------------
     @classmethod
-    def write_test_model(cls, directory: str) -> None:
-        from beam_filter.models.mlm_filter import write_tiny_mlm
+    def write_test_model(cls, directory: str) -> bool:
+        from beam_filter.devtools.tiny_models import write_tiny_mlm
 
         write_tiny_mlm(os.path.join(directory, TINY_DIR))
+        return True
 
     @classmethod
     def test_model_params(cls, directory: str) -> dict:

@@ -16,7 +16,8 @@ from beam_filter.records import (CAPTION, HEIGHT, LANG, LANG_SCORE, SHA256, UID,
                                  Verdict)
 from beam_filter.identity import row_token, token_uid
 from beam_filter.process_cache import once_per_process
-from beam_filter.registry import Param, Stage, register
+from beam_filter.columns import need
+from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules import caption as cap
 from beam_filter.rules.datacomp import basic_filter_reason
 from beam_filter.rules.image import image_size_reason
@@ -41,8 +42,8 @@ def _lang_columns(stage_id: str, custom_model: bool) -> tuple[str, str]:
     return f"{stage_id}_lang", f"{stage_id}_lang_score"
 
 
-class FastTextLanguageStage(Stage):
-    """Base of the stages that need fastText lid.176's label: computes it once per sample.
+class FastTextLanguage:
+    """Mixin of the stages that need fastText lid.176's label: computes it once per sample.
 
     ``features`` writes ``lang``/``lang_score`` (or stage-scoped columns for a custom
     ``lid_model``); ``row_language`` reads it back in select, or detects it from the
@@ -58,6 +59,9 @@ class FastTextLanguageStage(Stage):
 
     def _detect(self, text):
         return detect_language(text, self.p.lid_model)
+
+    def feature_columns(self) -> tuple[str, ...]:
+        return (self._lang_col, self._score_col)
 
     def features(self, sample) -> dict:
         lang, score = self._detect(sample.caption)
@@ -76,7 +80,7 @@ def row_language(row: dict, col: str, detect) -> str | None:
 
 
 @register
-class DataCompBasic(FastTextLanguageStage):
+class DataCompBasic(FastTextLanguage, RuleStage):
     """DataComp basic_filter: English (fastText), caption > 2 words and > 5 chars, size >= 200, aspect <= 3."""
 
     name = "datacomp_basic"
@@ -93,6 +97,10 @@ class DataCompBasic(FastTextLanguageStage):
         "max_aspect": Param(float, 3.0, "keep if max/min side <= this", check=_positive,
                             check_msg="must be > 0"),
     }
+    def needs(self):
+        # The language comes from the `lang` feature, or from the caption on metadata rows.
+        return (need(CAPTION), need(WIDTH), need(HEIGHT))
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         return basic_filter_reason(
             row.get(CAPTION), self.row_language(row),
@@ -101,7 +109,7 @@ class DataCompBasic(FastTextLanguageStage):
 
 
 @register
-class CaptionLength(Stage):
+class CaptionLength(RuleStage):
     """Inclusive caption length bounds in characters and words (str.split)."""
 
     name = "caption_length"
@@ -117,13 +125,16 @@ class CaptionLength(Stage):
                            check_msg="must be >= 0"),
     }
 
+    def needs(self):
+        return (need(CAPTION),)
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         return cap.caption_length_reason(row.get(CAPTION), self.p.min_chars, self.p.max_chars,
                                          self.p.min_words, self.p.max_words)
 
 
 @register
-class ImageSize(Stage):
+class ImageSize(RuleStage):
     """Inclusive bounds on the image's shorter/longer side and aspect ratio."""
 
     name = "image_size"
@@ -137,13 +148,16 @@ class ImageSize(Stage):
                             check=lambda v: v is None or v >= 1, check_msg="must be >= 1"),
     }
 
+    def needs(self):
+        return (need(WIDTH), need(HEIGHT))
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         return image_size_reason(row.get(WIDTH), row.get(HEIGHT), self.p.min_side,
                                  self.p.max_side, self.p.max_aspect)
 
 
 @register
-class Language(Stage):
+class Language(RuleStage):
     """Keep captions whose detected language is in ``languages`` (fastText lid.176 or gcld3)."""
 
     name = "language"
@@ -170,9 +184,15 @@ class Language(Stage):
             return detect_language_cld3(text)
         return detect_language(text, self.p.model)
 
+    def feature_columns(self) -> tuple[str, ...]:
+        return (self._lang_col, self._score_col)
+
     def features(self, sample) -> dict:
         lang, score = self._detect(sample.caption)
         return {self._lang_col: lang, self._score_col: score}
+
+    def needs(self):
+        return (need(self._lang_col, CAPTION, what="the language, or the caption to detect it from"),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         lang, score = row.get(self._lang_col), row.get(self._score_col)
@@ -186,7 +206,7 @@ class Language(Stage):
 
 
 @register
-class JunkCaption(Stage):
+class JunkCaption(RuleStage):
     """Open-Qwen2VL: high-frequency junk captions and repetitive captions."""
 
     name = "junk_caption"
@@ -200,6 +220,9 @@ class JunkCaption(Stage):
                                         check_msg="must be in [0, 1)"),
     }
 
+    def needs(self):
+        return (need(CAPTION),)
+
     def reason(self, row: dict, info: Any = None) -> str | None:
         text = row.get(CAPTION)
         extra = cap.load_caption_list(self.p.extra_list) if self.p.extra_list else frozenset()
@@ -212,12 +235,15 @@ class JunkCaption(Stage):
 
 
 @register
-class CodeLikeCaption(Stage):
+class CodeLikeCaption(RuleStage):
     """Open-Qwen2VL: drop captions that are file names, camera codes or ids."""
 
     name = "code_like_caption"
     description = "drop captions with no word-like token (IMG_1234.jpg, dsc0042, e4yf-4a68 ...)"
     params = {}
+
+    def needs(self):
+        return (need(CAPTION),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         return "code_like_caption" if cap.is_code_like(row.get(CAPTION)) else None
@@ -233,7 +259,7 @@ def uid_set(path: str):
 
 
 @register
-class UidSubset(Stage):
+class UidSubset(RuleStage):
     """Keep (or drop) the uids listed in a DataComp subset file (e.g. a DFN inds file)."""
 
     name = "uid_subset"
@@ -244,6 +270,9 @@ class UidSubset(Stage):
         "mode": Param(str, "keep", "keep: keep only listed uids; drop: drop listed uids",
                       choices=("keep", "drop")),
     }
+
+    def needs(self):
+        return (need(UID),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         listed = row.get(UID) in uid_set(self.p.path)
@@ -264,12 +293,15 @@ def duplicate_verdicts(sha256: str, tokens) -> list[tuple[str, Verdict]]:
 
 
 @register
-class ExactDedup(Stage):
+class ExactDedup(GroupStage):
     """Drop byte-identical images (same sha256); the smallest uid survives."""
 
     name = "exact_dedup"
     description = "exact duplicate removal by image sha256 (survivor = smallest uid)"
     params = {}
+
+    def needs(self):
+        return (need(SHA256, what="the image's sha256"),)
 
     def verdicts(self, alive_rows):
         import apache_beam as beam

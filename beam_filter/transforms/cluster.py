@@ -2,7 +2,7 @@
 
 Only small records cross a shuffle: ``(uid, cluster, similarity, embedding,
 score)`` for clustering, ``(uid, phash, quality)`` for near-duplicates; never
-images (DESIGN.md rule 1). Every group is bounded:
+images (design rule 1, ARCHITECTURE.md). Every group is bounded:
 
 * k-means trains on a bottom-``sample_size`` sample by uid hash (``BottomK``), a
   combiner, so no worker ever holds more than ``sample_size`` embeddings;
@@ -367,22 +367,6 @@ class NearDedup(beam.PTransform):
         return tuple(outputs) | "All" >> beam.Flatten()
 
 
-class Decontaminate(beam.PTransform):
-    """rows -> (token, Verdict("eval_contamination:<id>")) for rows near an eval image."""
-
-    def __init__(self, path: str, *, bands: int = 4, tolerance: int = 4, phash_column: str = "phash"):
-        super().__init__()
-        self.path, self.bands, self.tolerance, self.column = path, bands, tolerance, phash_column
-
-    def expand(self, rows):
-        column = self.column
-        tagged = (rows | "Items" >> beam.FlatMap(
-            lambda r: [(row_token(r), int(r[column]))] if r.get(column) is not None else [])
-            | "Match" >> beam.ParDo(_EvalMatcher(self.path, self.bands, self.tolerance)).with_outputs(
-                "contaminated", main="clean"))
-        return tagged.contaminated
-
-
 # ---- distribution alignment ---------------------------------------------------
 
 class ClusterImportance(beam.PTransform):
@@ -488,16 +472,10 @@ class QualityDuplication(beam.PTransform):
 
 def load_array(path: str, what: str, dim: int | None = None) -> np.ndarray:
     """A 2-D float ``.npy`` (local or gs://), with a one-line error when it is not one."""
-    import io
-
-    from apache_beam.io.filesystems import FileSystems
-
+    from beam_filter import fsio
     from beam_filter.errors import UserError
 
-    if not FileSystems.exists(path):
-        raise UserError(f"{what} file not found: {path}")
-    with FileSystems.open(path) as f:
-        arr = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    arr = fsio.load_npy(path, what)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating) or (dim is not None and arr.shape[1] != dim):
         raise UserError(f"{path}: {what} must be a 2-D float array of dimension {dim}, got {arr.dtype} {arr.shape}")
     return arr.astype(np.float32)

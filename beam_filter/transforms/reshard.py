@@ -1,7 +1,10 @@
-"""WriteShards: kept samples -> ``shards/{:08d}.tar`` by re-reading source shards.
+"""WriteShards: kept samples -> ``shards/{:08d}.tar`` (+ ``_stats.json``) by re-reading source shards.
+
+File names come from :mod:`beam_filter.layout` (``shard_tar_name``/``shard_stats_name``);
+the directory is the output's ``OutputLayout.shards_dir``.
 
 Only (key, uid, copies) tuples are shuffled; image bytes are read again from the
-source tars by the writer of each output shard (DESIGN.md rule 1).
+source tars by the writer of each output shard (design rule 1, ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
+from beam_filter.layout import OutputLayout
 from beam_filter.resharding import expand_kept, plan_output_shards, write_planned_shard
 from beam_filter.transforms.local_pool import LocalPoolDoFn
 
@@ -39,11 +43,14 @@ class _WriteOutputShardFn(LocalPoolDoFn):
 
 
 class WriteShards(beam.PTransform):
-    """PCollection[ShardKept] -> output tars (+ stats); yields each output shard's stats."""
+    """PCollection[ShardKept] -> output tars (+ stats); yields each output shard's stats.
 
-    def __init__(self, directory: str, shard_size: int, processes: int = 0):
+    ``directory``: where the shards go, an ``OutputLayout`` (its ``shards_dir``) or that path.
+    """
+
+    def __init__(self, directory, shard_size: int, processes: int = 0):
         super().__init__()
-        self.directory = directory
+        self.directory = directory.shards_dir if isinstance(directory, OutputLayout) else directory
         self.shard_size = shard_size
         self.processes = processes
 

@@ -1,6 +1,6 @@
 """Score phase PTransforms: read shards, add features, run the model stages.
 
-Reading, feature extraction and inference stay fused (DESIGN.md rule 1): the
+Reading, feature extraction and inference stay fused (design rule 1, ARCHITECTURE.md): the
 Sample with its image bytes flows from the reader through every RunInference
 without a shuffle; only the byte-free rows leave this module.
 """

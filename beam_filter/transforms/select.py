@@ -16,6 +16,7 @@ from apache_beam.pvalue import AsSingleton
 from beam_filter import records as R
 from beam_filter.identity import row_token
 from beam_filter.recipe import Combinator
+from beam_filter.registry import GroupStage, ScoredStage
 from beam_filter.selection import (apply_stage, apply_verdict, finish_decision, is_local,
                                    start_decision)
 
@@ -25,7 +26,7 @@ def _global_infos(stage, alive):
     parts = stage.children if isinstance(stage, Combinator) else [stage]
     infos = {}
     for s in parts:
-        if s.uses_global_info:
+        if isinstance(s, ScoredStage):
             pc = s.global_info(alive)
             if pc is not None:
                 infos[s.id] = pc
@@ -49,14 +50,14 @@ def _join_verdicts(stage_id):
 
 
 def _save_info(info, directory, stage_id):
+    """``directory``: the output's ``OutputLayout.thresholds_dir``."""
     import json
 
-    from apache_beam.io.filesystems import FileSystems
+    from beam_filter import fsio
+    from beam_filter.layout import threshold_name
 
-    from beam_filter.tar_io import write_bytes_atomic
-
-    write_bytes_atomic(FileSystems.join(directory, f"{stage_id}.json"),
-                       json.dumps(jsonable(info), indent=2, sort_keys=True).encode())
+    fsio.write_bytes_atomic(fsio.join(directory, threshold_name(stage_id)),
+                            json.dumps(jsonable(info), indent=2, sort_keys=True).encode())
 
 
 def jsonable(value):
@@ -95,7 +96,7 @@ class ApplyStages(beam.PTransform):
     def expand(self, rows):
         rows = rows | "StartDecision" >> beam.Map(start_decision)
         for stage in self.stages:
-            if stage.is_grouping_stage:
+            if isinstance(stage, GroupStage):
                 alive = rows | f"Alive[{stage.id}]" >> beam.Filter(lambda r: r[R.REASON] is None)
                 verdicts = stage.verdicts(alive)
                 keyed = rows | f"ByUid[{stage.id}]" >> beam.Map(lambda r: (row_token(r), r))

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter import tables
-from beam_filter.tables import OutputLayout, write_shard_tables
+from beam_filter.layout import OutputLayout
+from beam_filter.tables import write_shard_tables
 from beam_filter.transforms.score import NAMESPACE
 
 
@@ -63,11 +65,9 @@ class WriteFileErrors(beam.PTransform):
     def expand(self, errors):
         import json
 
-        from beam_filter.tar_io import write_bytes_atomic
-
         def write(err):
-            write_bytes_atomic(self.layout.file_error(err["shard"]),
-                               json.dumps(err, sort_keys=True).encode())
+            fsio.write_bytes_atomic(self.layout.file_error(err["shard"]),
+                                    json.dumps(err, sort_keys=True).encode())
             return err
         return errors | "WriteFileError" >> beam.Map(write)
 
@@ -80,10 +80,9 @@ class ReadScoreRows(beam.PTransform):
         self.files = sorted(score_files)
 
     def expand(self, pbegin):
-        def read(path):
-            directory = os.path.dirname(os.path.dirname(path))
-            stem = os.path.basename(path)[: -len(".parquet")]
-            return tables.read_rows(path, FileSystems.join(directory, "embeddings", stem + ".npz"))
+        def read(path):     # path: <output>/scores/<stem>.parquet; its embeddings are in the same output
+            layout = OutputLayout(os.path.dirname(os.path.dirname(path)))
+            return tables.read_rows(path, layout.embeddings(path))
         return (pbegin
                 | "ListScoreFiles" >> beam.Create(self.files)
                 | "SpreadScoreFiles" >> beam.Reshuffle()

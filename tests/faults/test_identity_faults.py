@@ -95,7 +95,7 @@ def test_two_kept_samples_sharing_a_uid_are_both_written_and_reported(tmp_path):
 @pytest.fixture(scope="module")
 def two_pools(tmp_path_factory):
     """Two pools with the same shard and key names but different samples, and decisions for the first."""
-    from beam_filter.sample_pool import make_sample
+    from beam_filter.devtools.sample_pool import make_sample
 
     base = tmp_path_factory.mktemp("two_pools")
     first, second = str(base / "first"), str(base / "second")

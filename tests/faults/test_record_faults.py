@@ -314,12 +314,18 @@ def test_3_unexpected_failure_while_building_a_sample_is_unreadable_sample():
 def test_3_a_stage_features_hook_that_raises_becomes_feature_error(tmp_path, caplog):
     """Through shard_work.process_shard: the function the fused pipeline runs per shard."""
     from beam_filter.recipe import load_recipe
-    from beam_filter.registry import Stage
+    from beam_filter.registry import RuleStage
+    from beam_filter.layout import OutputLayout
     from beam_filter.shard_work import process_shard
-    from beam_filter.tables import OutputLayout
 
-    class Fragile(Stage):
+    class Fragile(RuleStage):
         name = "fragile_for_test"
+
+        def feature_columns(self):
+            return ("fragile_len",)
+
+        def reason(self, row, info=None):
+            return None
 
         def features(self, sample):
             if "BOOM" in sample.caption:
@@ -332,7 +338,7 @@ def test_3_a_stage_features_hook_that_raises_becomes_feature_error(tmp_path, cap
               + mk.sample("c") + mk.sample("d", txt=b"another photo of a cat BOOM on the sofa"))
     recipe = load_recipe("datacomp_basic")
     fragile = Fragile("fragile", {})
-    stages = [s for s in recipe.leaf_stages() if type(s).features is not Stage.features] + [fragile]
+    stages = [s for s in recipe.leaf_stages() if s.feature_columns()] + [fragile]
     out = str(tmp_path / "out")
     with caplog.at_level(logging.WARNING):
         result = process_shard(path, stages, list(recipe.stages) + [fragile], OutputLayout(out), {})
@@ -496,13 +502,13 @@ def test_8_probe_and_clip_decode_say_image_too_large():
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("size", [10, 1 << 20])   # fails at close (buffered) / at write
 def test_9_atomic_writer_removes_its_temp_file_when_the_disk_is_full(tmp_path, size):
-    from beam_filter import tar_io
+    from beam_filter import fsio
 
     path = str(tmp_path / "00000000.tar")
     # The writer's own temporary name, pointed at a device that is always full.
-    os.symlink("/dev/full", tar_io._tmp_name(path))
+    os.symlink("/dev/full", fsio._tmp_name(path))
     with pytest.raises(OSError) as info:
-        with tar_io.AtomicWriter(path) as f:
+        with fsio.AtomicWriter(path) as f:
             f.write(b"x" * size)
     assert info.value.errno == errno.ENOSPC
     assert os.listdir(tmp_path) == []

@@ -27,9 +27,9 @@ as :func:`beam_filter.uids.stable_uid` does), ``text`` is the decoded caption
 Images are synthetic but perceptually distinct: every picture starts from a
 random low-resolution colour field (the low frequencies a perceptual hash sees)
 and adds gradients, textures, shapes and text-like blocks. Captions come from a
-small English grammar (``sample_data/english_grammar.json``) and from
+small English grammar (``devtools/sample_data/english_grammar.json``) and from
 hand-written sentences in nine other languages
-(``sample_data/other_language_captions.json``) that fastText lid.176 labels
+(``devtools/sample_data/other_language_captions.json``) that fastText lid.176 labels
 correctly.
 
 The whole pool is planned first (categories, captions, sizes, duplicate
@@ -39,7 +39,7 @@ on a cache miss, which gives the same bytes).
 
 Import cost is kept low (numpy, Pillow, pyarrow; no Beam) so ``make-sample``
 starts fast; the tar header rules therefore live here as well as in
-``tar_io.tar_bytes_member``, which writes the same fields.
+``beam_filter.tar_io.tar_bytes_member``, which writes the same fields.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from beam_filter import fsio
 from beam_filter.errors import UserError
 from beam_filter.uids import stable_uid
 
@@ -125,7 +126,7 @@ def make_sample(output_dir: str, samples: int = 240, seed: int = 0, shard_size: 
         raise UserError(f"shard_size must be a positive integer, got {shard_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-    if "://" in output_dir:
+    if fsio.is_remote(output_dir):
         raise UserError(f"make-sample writes to a local directory, not {output_dir}")
     os.makedirs(output_dir, exist_ok=True)
 
@@ -149,7 +150,7 @@ def make_sample(output_dir: str, samples: int = 240, seed: int = 0, shard_size: 
     for s in specs:
         counts[s.category] = counts.get(s.category, 0) + 1
     manifest = {
-        "generator": "beam_filter.sample_pool",
+        "generator": "beam_filter.devtools.sample_pool",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "samples": samples,
@@ -380,16 +381,19 @@ def _render(s: _Spec, seed: int, images: _SourceImages) -> None:
         s.image = _render_base(s, seed)
 
 
+def _sample_data(name: str) -> str:
+    """A file of ``beam_filter/devtools/sample_data/`` (package data: shipped with the wheel)."""
+    return resources.files("beam_filter.devtools").joinpath("sample_data", name).read_text("utf-8")
+
+
 @functools.lru_cache(maxsize=1)
 def _english_grammar() -> dict:
-    text = resources.files("beam_filter").joinpath("sample_data", "english_grammar.json").read_text("utf-8")
-    return json.loads(text)
+    return json.loads(_sample_data("english_grammar.json"))
 
 
 @functools.lru_cache(maxsize=1)
 def _other_language_sentences() -> dict[str, list[str]]:
-    text = resources.files("beam_filter").joinpath("sample_data", "other_language_captions.json").read_text("utf-8")
-    data = json.loads(text)
+    data = json.loads(_sample_data("other_language_captions.json"))
     return {k: v for k, v in sorted(data.items()) if k != "note"}
 
 
