@@ -160,3 +160,62 @@ def _npz_names(path: str) -> set[str]:
             return {n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")} - {"uids"}
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{path}: not a readable .npz file ({e})") from None
+
+
+# ---- were the stored scores computed with this recipe's settings? ------------------------
+
+def check_score_settings(stages, scores_root: str) -> None:
+    """Refuse scores computed by a stage of the same id with other score settings.
+
+    Columns are named after stage ids (``clip_score``), so a recipe asking for
+    ViT-L-14 would otherwise read the ViT-B-32 scores of a ``clip`` stage without a
+    word. The scoring recipe is in the scores directory's report.json; each stage
+    that computes something must have been computed with the same
+    ``score_config`` (thresholds are not part of it: changing them is what
+    select is for). A directory without report.json is checked by columns only.
+    """
+    from beam_filter import fsio
+    from beam_filter.layout import OutputLayout
+
+    path = OutputLayout(scores_root).report_json
+    if not fsio.exists(path):
+        return
+    try:
+        stored = _stored_stages(fsio.read_json(path).get("recipe", {}).get("stages", []))
+    except (ValueError, AttributeError, TypeError):
+        return
+    for stage in stages:
+        for leaf in getattr(stage, "children", None) or [stage]:
+            want = leaf.score_config()
+            if want is None or leaf.id not in stored:
+                continue
+            kind, params = stored[leaf.id]
+            had = _score_config_of(leaf.id, kind, params)
+            if kind != leaf.name or (had is not None and had != want):
+                diff = ", ".join(f"{k}={had.get(k)!r} (this recipe: {want.get(k)!r})"
+                                 for k in sorted(set(want) | set(had or {}))
+                                 if (had or {}).get(k) != want.get(k)) if kind == leaf.name else f"type {kind}"
+                raise UserError(f"stage {leaf.id!r} ({leaf.name}): the scores in {scores_root} were computed "
+                                f"with {diff}; score the shards with this recipe (`beam-filter score --resume` "
+                                "rescores only what changed) or use the settings the scores were made with")
+
+
+def _stored_stages(summary: list) -> dict:
+    """{stage id: (type, params)} of a report.json recipe summary, combinators opened."""
+    out = {}
+    for s in summary:
+        out[s["id"]] = (s["type"], s.get("params") or {})
+        for child in (s.get("params") or {}).get("stages", []) if s["type"] in ("any_of", "all_of") else []:
+            for cid, cfg in child.items():
+                cfg = dict(cfg)
+                out[cid] = (cfg.pop("type", cid), cfg)
+    return out
+
+
+def _score_config_of(stage_id: str, kind: str, params: dict) -> dict | None:
+    from beam_filter.registry import build_stage
+
+    try:
+        return build_stage(stage_id, kind, params).score_config()
+    except (UserError, TypeError, ValueError):
+        return None      # a stage this version cannot rebuild: its columns are still checked

@@ -127,15 +127,18 @@ def _score(p, job: Job, layout: OutputLayout):
     feature_stages = [s for s in leaf if s.feature_columns()]
     meta = _metadata(recipe)
     resumed = _already_scored(job, layout) if job.resume else set()
-    if job.command == "run" and job.fuse and not recipe.model_stages() and all(is_local(s) for s in recipe.stages):
+    # Fused per shard, no shuffle: `score` of any recipe without a model (features only), and
+    # `run` of a recipe made only of per-row rules (score and decide where the bytes are).
+    scoring_only = job.command == "score"
+    if job.fuse and not recipe.model_stages() and (scoring_only or all(is_local(s) for s in recipe.stages)):
         out = (p | "ListShards" >> beam.Create(job.shards)
                | "SpreadShards" >> beam.Reshuffle()
                | "ScoreAndDecide" >> beam.ParDo(FusedShardFn(
-                   feature_stages, recipe.stages, layout, meta, resumed,
+                   feature_stages, None if scoring_only else recipe.stages, layout, meta, resumed,
                    processes=local_processes(p.options) if len(job.shards) > 1 else 0)).with_outputs(
                        FILE_ERRORS, main="kept"))
         out[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
-        return out["kept"]
+        return None if scoring_only else out["kept"]
     todo = [s for s in job.shards if s not in resumed]
     read = p | "Read" >> ReadWebDataset(todo, feature_stages)
     read[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
@@ -254,7 +257,9 @@ def check_columns(job: Job) -> None:
 
         available = columns.metadata_columns(list_metadata_files(job.metadata_dir), job.metadata_dir)
     else:
-        available = columns.scores_columns(job.score_files, job.input_globs[0] if job.input_globs else "")
+        root = job.input_globs[0] if job.input_globs else ""
+        available = columns.scores_columns(job.score_files, root)
+        columns.check_score_settings(job.recipe.stages, root)
     columns.check_recipe(job.recipe.stages, available)
 
 

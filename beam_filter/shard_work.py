@@ -97,13 +97,18 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
                   resumed: bool = False) -> ShardResult:
     """Read, score and decide one shard; write its scores and decisions files.
 
+    ``select_stages`` None: score only (``beam-filter score``), no decisions file.
     ``resumed``: the shard's scores file is valid for this recipe, so its rows
-    come from there and only the decisions are recomputed.
+    come from there and only the decisions are recomputed (nothing at all when
+    scoring only).
     Plain function: the plain-loop benchmark calls exactly this, so the Beam
     pipeline and the loop do the same work.
     """
     clock = StageClock()
     errors = []
+    decide = select_stages is not None
+    if resumed and not decide:
+        return ShardResult(None, [], Counter(), clock.totals)
     if resumed:
         rows = [decide_locally(r, select_stages) for r in tables.read_rows(layout.scores(path))]
     else:
@@ -112,16 +117,18 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
             if isinstance(item, FileError):
                 errors.append(item.as_dict())
                 continue
-            rows.append(decide_locally(score_row(add_features(item, feature_stages, clock)), select_stages))
+            row = score_row(add_features(item, feature_stages, clock))
+            rows.append(decide_locally(row, select_stages) if decide else row)
     kept = None
     if rows:
-        kept = write_shard_tables(layout, path, rows, write_scores=not resumed, write_decisions=True,
+        kept = write_shard_tables(layout, path, rows, write_scores=not resumed, write_decisions=decide,
                                   metadata=metadata)
     counts = Counter({"samples_read": len(rows)})
     for r in rows:
         if r.get(R.READ_ERROR):
             counts[f"read_error:{r[R.READ_ERROR]}"] += 1
-        counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
+        if decide:
+            counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
     counts["file_errors"] = len(errors)
     return ShardResult(kept, errors, counts, clock.totals)
 

@@ -300,3 +300,101 @@ def test_balance_and_duplication_counts():
         assert per_cluster[c] == [3, 2, 2] + [1] * 7
     with pytest.raises(ValueError):
         alignment.check_tiers([0.3, 0.1], [3, 2])
+
+
+# ---- per-element rules the Beam transforms call ---------------------------------------------
+
+def test_band_keys_are_the_rows_of_band_values():
+    rng = np.random.default_rng(5)
+    h = rng.integers(-2**63, 2**63 - 1, size=50, dtype=np.int64)
+    for bands in (1, 2, 4, 8, 16):
+        bv = near_dup.band_values(h, bands)
+        for i, v in enumerate(h):
+            keys = near_dup.band_keys(int(v), bands)
+            assert keys == [(b, int(bv[i, b])) for b in range(bands)]
+            assert all(type(b) is int and type(x) is int for b, x in keys)
+    with pytest.raises(ValueError):
+        near_dup.band_keys(1, 3)
+
+
+def test_chunk_keys_meet_every_pair():
+    assert near_dup.chunk_keys(123, 1) == [(0, 0)]
+    values = list(range(-40, 40))
+    for p in (2, 3, 5):
+        groups = {v: set(near_dup.chunk_keys(v, p)) for v in values}
+        assert all(len(g) == p and all(i <= j < p for i, j in g) for g in groups.values())
+        chunk = {v: set.intersection(*({i, j} for i, j in groups[v])).pop() for v in values}
+        assert len(set(chunk.values())) == p                     # the hash spreads values over chunks
+        for a in values:
+            for b in values:
+                if a < b:
+                    shared = len(groups[a] & groups[b])
+                    assert shared == (p if chunk[a] == chunk[b] else 1), (a, b, p)
+
+
+def test_close_value_pairs_and_similarity_check():
+    vals = [0b1111, 0b0111, 0, 3 << 40]
+    assert near_dup.close_value_pairs(vals, 1) == [(0b0111, 0b1111)]
+    assert near_dup.close_value_pairs(vals, 4) == [(0, 0b0111), (0, 0b1111), (0, 3 << 40), (0b0111, 0b1111)]
+    a, b = np.array([1.0, 0.0], np.float32), np.array([0.6, 0.8], np.float32)
+    assert near_dup.similar_enough(None, None, None)
+    assert near_dup.similar_enough(a, b, 0.6) and not near_dup.similar_enough(a, b, 0.61)
+    assert not near_dup.similar_enough(None, b, -1.0) and not near_dup.similar_enough(a, None, -1.0)
+
+
+def test_best_member_and_member_verdicts():
+    from beam_filter.records import Verdict
+
+    e = np.array([1.0, 0.0], np.float32)
+    far = np.array([0.0, 1.0], np.float32)
+    members = [("u3\ts\tk", 5, 0.9, e), ("u1\ts\tk", 5, None, e), ("u2\ts\tk", 6, 0.9, far),
+               ("u4\ts\tk", 7, float("nan"), None)]
+    best = near_dup.best_member(members)
+    assert best[0] == "u2\ts\tk"                   # highest quality, then smallest uid
+    assert near_dup.best_member([near_dup.best_member(members[:2]), near_dup.best_member(members[2:])]) == best
+    assert near_dup.member_verdicts(members, best) == [
+        (t, Verdict("near_duplicate_of:u2", None)) for t in ("u3\ts\tk", "u1\ts\tk", "u4\ts\tk")]
+    assert near_dup.member_verdicts(members, best, min_similarity=0.5) == []
+    assert [t for t, _ in near_dup.member_verdicts(members, members[0], min_similarity=0.5)] == ["u1\ts\tk"]
+
+
+def test_contamination_reason():
+    assert near_dup.contamination_reason(None) is None
+    assert near_dup.contamination_reason("img7") == "eval_contamination:img7"
+
+
+def test_semdedup_part_verdicts():
+    from beam_filter.records import Verdict
+
+    x = kmeans.normalize(np.array([[1, 0], [1, 0.001], [0, 1]], np.float32))
+    items = [(f"u{i}\ts\tk", 0.5 + 0.1 * i, x[i]) for i in range(3)]
+    dropped = semdedup.semdedup_slices(items, 0.05, "farthest", 10)
+    assert len(dropped) == 1
+    (token, by), = dropped.items()
+    assert semdedup.part_verdicts(4, iter(items), 0.05, "farthest", 10) == [
+        (token, Verdict("semantic_duplicate_of:" + by.split("\t")[0], None))]
+    with_col = semdedup.part_verdicts(4, iter(items), 0.05, "farthest", 10, "c")
+    assert [t for t, _ in with_col] == sorted(it[0] for it in items)
+    assert all(v.columns == {"c": 4} and (v.reason is not None) == (t == token) for t, v in with_col)
+
+
+def test_alignment_helpers_match_the_references():
+    cents = kmeans.normalize(np.eye(3, dtype=np.float32))
+    target = kmeans.normalize(np.array([[1, 0, 0], [1, 0.1, 0], [0, 1, 0]], np.float32))
+    counts = {0: 10, 1: 10, 2: 5}
+    n = np.array([10.0, 10.0, 5.0])
+    q = alignment.target_weights(target, cents, 0.5)
+    np.testing.assert_array_equal(alignment.cluster_keep_probs(counts, target, cents, fraction=0.4, alpha=0.5),
+                                  alignment.importance_keep_probs(n, q, 0.4 * 25))
+    np.testing.assert_array_equal(alignment.cluster_keep_probs(counts, target, cents, size=7, alpha=0.5),
+                                  alignment.importance_keep_probs(n, q, 7))
+    keys = sorted(alignment.balance_key(f"u{i}", float(i % 4)) for i in range(10))
+    assert alignment.balance_cut(10, keys[:3], 3) == keys[2]
+    assert alignment.balance_cut(3, keys[:3], 3) is None
+    assert [alignment.over_cap(k, keys[2]) for k in keys[:4]] == [False, False, False, True]
+    assert not alignment.over_cap(keys[-1], None)
+    assert not alignment.has_score(None) and not alignment.has_score(float("nan")) and alignment.has_score(0)
+    assert alignment.cluster_copies(0.9, [0.8, 0.5], [3, 2]) == 3
+    assert alignment.cluster_copies(0.6, [0.8, 0.5], [3, 2]) == 2
+    assert alignment.cluster_copies(0.9, None, [3, 2]) == 1
+    assert alignment.cluster_copies(None, [0.8, 0.5], [3, 2]) == 1

@@ -23,7 +23,7 @@ from beam_filter.datacomp_metadata import ReadDataCompMetadata, iter_metadata_ro
 from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
 from beam_filter.errors import UserError
 from beam_filter.recipe import load_recipe, parse_recipe
-from beam_filter.stages.datacomp import nearest_centroids, target_centroids
+from beam_filter.cluster.centroids import nearest_centroids, target_centroids
 
 N_ROWS = 2400
 
@@ -269,7 +269,7 @@ def test_embedding_keys_for_recipes(meta):
 
 def test_stages_prefer_the_clip_stage_columns_over_metadata(meta):
     from beam_filter.registry import build_stage
-    from beam_filter.stages.datacomp import laion2b_reason
+    from beam_filter.rules.datacomp import laion2b_reason
 
     d, _, cents, targets = meta
     ib = build_stage("image_based", "image_based", {"centroids": f"{d}/centroids.npy",
@@ -294,3 +294,34 @@ def test_stages_prefer_the_clip_stage_columns_over_metadata(meta):
     assert lb.reason({**row, "clip_b32_score": 0.28}) is None
     assert lb.reason({**row, "clip_b32_score": 0.3, "lang_cld3": "de"}) == "not_english"
     assert laion2b_reason(float("nan"), "en") == "clip_score_below_threshold"
+
+
+def test_target_cluster_verdicts_pure():
+    from beam_filter.cluster.centroids import CentroidIndex, TargetClusters, target_cluster_verdicts
+    from beam_filter.identity import row_token
+    from beam_filter.records import Verdict
+
+    cents = np.eye(3, dtype=np.float32)
+    clusters = TargetClusters(CentroidIndex(cents), np.array([0, 2]))
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0.1, 0, 0.9]], np.float32)
+    assert clusters.hits(emb).tolist() == [True, False, True]
+    with pytest.raises(UserError, match="integer centroid ids"):
+        TargetClusters(CentroidIndex(cents), np.array([0.0]), source="t.npy")
+    rows = [{"uid": "a", "emb": np.array([1, 0, 0], np.float32), "ok": True},
+            {"uid": "b", "emb": np.array([0, 1, 0], np.float32), "ok": True},
+            {"uid": "c", "ok": False}]                       # no embedding: never asked for one
+
+    def pre(r):
+        return None if r["ok"] else "caption_too_short"
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        return clusters
+
+    out = target_cluster_verdicts(rows, pre, lambda r: r["emb"], load)
+    assert out == [(row_token(rows[2]), Verdict(reason="caption_too_short")),
+                   (row_token(rows[1]), Verdict(reason="not_in_target_clusters"))]
+    assert target_cluster_verdicts(rows[2:], pre, lambda r: r["emb"], load) == out[:1]
+    assert loads == [1]                                     # no row searched: nothing loaded

@@ -137,7 +137,7 @@ def test_uid_subset_keep_and_drop(tmp_path):
 # ---- exact dedup in Beam -----------------------------------------------------------------
 
 def test_duplicate_verdicts_pure():
-    from beam_filter.stages.rules import duplicate_verdicts
+    from beam_filter.cluster.exact_dup import duplicate_verdicts
 
     assert duplicate_verdicts("h", ["c", "a", "b", "a"]) == [
         ("b", Verdict("exact_duplicate_of:a")), ("c", Verdict("exact_duplicate_of:a"))]

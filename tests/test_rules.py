@@ -323,3 +323,54 @@ def test_probe_long_padding_tail():
     assert probe_image(data + b"\x00" * 10000).error is None
     assert probe_image(data + b"\x00" * 10000 + b"x").error == "corrupt_image"
     assert probe_image(_encode("WEBP") + b"\x00" * 5000 + b"x").error == "corrupt_image"
+
+
+# ---- the rules the rule stages adapt ------------------------------------------------------
+
+def test_language_reason():
+    from beam_filter.rules.language import language_reason
+
+    en = frozenset({"en"})
+    assert language_reason("en", 0.2, en) is None
+    assert language_reason("de", 0.9, en) == "not_english"
+    assert language_reason("de", 0.9, frozenset({"en", "fr"})) == "wrong_language"
+    assert language_reason(None, None, en) == "not_english"
+    assert language_reason("en", 0.2, en, min_score=0.5) == "language_score_too_low"
+    assert language_reason("en", None, en, min_score=0.5) == "language_score_too_low"
+    assert language_reason("en", 0.5, en, min_score=0.5) is None
+
+
+def test_junk_and_code_like_reasons():
+    assert cap.junk_caption_reason("Image") == "high_frequency_caption"
+    assert cap.junk_caption_reason("my own junk", frozenset({"my own junk"})) == "high_frequency_caption"
+    assert cap.junk_caption_reason("dog dog dog dog") == "repetitive_caption"
+    assert cap.junk_caption_reason("dog dog dog dog", min_unique_token_ratio=None) is None
+    assert cap.junk_caption_reason("a dog on the beach") is None
+    assert cap.code_like_reason("IMG_1234.jpg") == "code_like_caption"
+    assert cap.code_like_reason("a dog on the beach") is None
+
+
+def test_uid_subset_reason():
+    from beam_filter.rules.uid_subset import uid_subset_reason
+
+    assert uid_subset_reason(True, "keep") is None
+    assert uid_subset_reason(False, "keep") == "not_in_uid_subset"
+    assert uid_subset_reason(True, "drop") == "in_drop_subset"
+    assert uid_subset_reason(False, "drop") is None
+
+
+def test_mlm_rules():
+    from beam_filter.rules.mlm import UNPARSABLE, rank_reason, threshold_reason
+    from beam_filter.rules.thresholds import rank_n_info
+
+    cols = {"image_text_matching": "itm", "object_detail_fulfillment": "odf"}
+    th = {"image_text_matching": 66, "object_detail_fulfillment": 20}
+    assert threshold_reason({"itm": 70, "odf": 20}, cols, th) is None
+    assert threshold_reason({"itm": 60, "odf": 10}, cols, th) == "mlm_image_text_matching_below_threshold"
+    assert threshold_reason({"itm": 70, "odf": float("nan")}, cols, th) == UNPARSABLE
+    with pytest.raises(UserError, match="missing"):
+        threshold_reason({"itm": 70}, cols, th)
+    info = rank_n_info([10, 20, 30, 40], 0.5)            # threshold 20 (n = 2: 40, 30, 20)
+    assert rank_reason(None, info, "u", 0, "su") == UNPARSABLE
+    assert rank_reason(30, info, "u", 0, "su") is None
+    assert rank_reason(10, info, "u", 0, "su") == "mlm_su_below_threshold"

@@ -189,3 +189,24 @@ def test_pool_with_no_readable_shard_reports_file_errors(tmp_path):
     assert [e["error"] for e in report["file_errors"]] == ["not_a_tar"]
     assert len(np.load(out / "uids.npy")) == 0
     assert json.load(open(out / "shards" / "meta.json"))["samples"] == 0
+
+
+def test_score_fused_per_shard_equals_the_general_graph(pool, tmp_path):
+    """`score` of a recipe without a model runs fused per shard (features only, a process pool);
+    its files are the general graph's, byte for byte, for a recipe with a group stage too."""
+    pool_dir, _ = pool
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("name: grouped\nstages:\n  - datacomp_basic: {}\n  - near_dedup: {}\n")
+    for recipe in ("datacomp_basic", str(grouped)):
+        name = os.path.basename(recipe)
+        fused, general = str(tmp_path / f"{name}_fused"), str(tmp_path / f"{name}_general")
+        assert run_cli("score", "--recipe", recipe, "--input", f"{pool_dir}/*.tar", "--output", fused) == 0
+        assert run_cli("score", "--recipe", recipe, "--input", f"{pool_dir}/*.tar", "--output", general,
+                       "--no-fusion") == 0
+        names = sorted(os.path.relpath(p, fused) for p in glob.glob(os.path.join(fused, "**", "*"), recursive=True)
+                       if os.path.isfile(p) and "report" not in os.path.basename(p))
+        assert any(n.startswith("scores/") for n in names) and any(n.startswith("file_errors/") for n in names)
+        for name in names:
+            with open(os.path.join(fused, name), "rb") as a, open(os.path.join(general, name), "rb") as b:
+                assert a.read() == b.read(), (recipe, name)
+        assert not os.path.exists(os.path.join(fused, "decisions"))

@@ -18,7 +18,8 @@ from beam_filter.errors import UserError
 from beam_filter.rules.thresholds import (ThresholdInfo, float_keys, keep_at_rank, key_to_float,
                                           passes_threshold, rank_n_info, rank_n_threshold,
                                           rank_n_with_tiebreak, tiebreak_keep_mask)
-from beam_filter.transforms.thresholds import ExactRankThreshold, info_from_batches, key_batch
+from beam_filter.rules.exact_rank import info_from_batches, key_batch
+from beam_filter.transforms.thresholds import ExactRankThreshold
 
 
 def datacomp_threshold(scores, f):

@@ -90,6 +90,21 @@ def importance_keep_probs(pool_counts, q, target_size: float) -> np.ndarray:
     return p
 
 
+def cluster_keep_probs(counts: dict, target_emb, centroids, *, fraction: float | None = None,
+                       size: int | None = None, alpha: float = 0.0) -> np.ndarray:
+    """Per-cluster keep probability from pool counts ``{cluster: rows}`` and a target set.
+
+    Keeps ``size`` rows when given, else ``fraction`` of the counted rows, spread by
+    ``target_weights`` (``importance_keep_probs``).
+    """
+    n = np.zeros(len(centroids))
+    for c, k in counts.items():
+        n[c] = k
+    want = size if size is not None else fraction * n.sum()
+    q = target_weights(target_emb, centroids, alpha)
+    return importance_keep_probs(n, q, want)
+
+
 def importance_keep(uid: str, cluster: int, probs: np.ndarray, seed: int = 0) -> bool:
     return uid_unit(uid, f"importance{seed}") < probs[cluster]
 
@@ -105,6 +120,17 @@ def balance_key(uid: str, score=None, seed: int = 0) -> tuple:
     if score is None or (isinstance(score, float) and math.isnan(score)):
         return (1, 0.0, h, uid)
     return (0, -float(score), h, uid)
+
+
+def balance_cut(count: int, best_keys: Sequence[tuple], cap: int) -> tuple | None:
+    """The ``balance_key`` of the worst row kept in a cluster of ``count`` rows whose ``cap``
+    best keys (sorted) are ``best_keys``; None when the cluster is within the cap."""
+    return best_keys[-1] if count > cap else None
+
+
+def over_cap(key: tuple, cut: tuple | None) -> bool:
+    """Is a row (its ``balance_key``) beyond its cluster's cut (``balance_cut``)?"""
+    return cut is not None and key > cut
 
 
 def balance_dropped(uids: Sequence[str], clusters: Sequence[int], cap: int,
@@ -139,14 +165,25 @@ def tier_cuts(sample_scores: Sequence[float], fractions: Sequence[float]) -> lis
     return [s[max(0, math.ceil(f * len(s)) - 1)] for f in fractions]
 
 
+def has_score(score) -> bool:
+    """A score that ranks: not None, not NaN."""
+    return score is not None and not (isinstance(score, float) and math.isnan(score))
+
+
 def copies_for(score, cuts: Sequence[float], copies: Sequence[int]) -> int:
     """Copies of a row: the first tier whose cut it reaches, else 1 (missing score: 1)."""
-    if score is None or (isinstance(score, float) and math.isnan(score)):
+    if not has_score(score):
         return 1
     for cut, c in zip(cuts, copies):
         if float(score) >= cut:
             return int(c)
     return 1
+
+
+def cluster_copies(score, cuts: Sequence[float] | None, copies: Sequence[int]) -> int:
+    """``copies_for`` with the tier cuts of the row's cluster; a cluster without cuts (no
+    scored row in its sample) gives every row 1 copy."""
+    return copies_for(score, [math.inf] * len(copies) if cuts is None else cuts, copies)
 
 
 def duplication_sample_key(uid: str, seed: int = 0) -> int:
@@ -160,8 +197,7 @@ def duplication_copies(uids: Sequence[str], clusters: Sequence[int], scores: Seq
     check_tiers(fractions, copies)
     by: dict[int, list] = {}
     for u, c, s in zip(uids, clusters, scores):
-        if s is not None and not (isinstance(s, float) and math.isnan(s)):
+        if has_score(s):
             by.setdefault(int(c), []).append((duplication_sample_key(u, seed), u, float(s)))
     cuts = {c: tier_cuts([x[2] for x in sorted(v)[:sample_size]], fractions) for c, v in by.items()}
-    return {u: copies_for(s, cuts.get(int(c), [math.inf] * len(fractions)), copies)
-            for u, c, s in zip(uids, clusters, scores)}
+    return {u: cluster_copies(s, cuts.get(int(c)), copies) for u, c, s in zip(uids, clusters, scores)}

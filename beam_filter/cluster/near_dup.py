@@ -1,6 +1,8 @@
 """Near-duplicate images by perceptual hash: pHash, LSH banding, components, survivors.
 
-Pure functions; ``transforms/cluster.py`` runs the same steps as a Beam graph.
+Pure functions; ``transforms/cluster.NearDedup`` runs the same steps as a Beam graph,
+calling the per-element rules here (``band_keys``, ``chunk_keys``, ``close_value_pairs``,
+``best_member``, ``member_verdicts``, ``contamination_reason``).
 
 pHash (the classic DCT hash, as in the ``imagehash`` package): greyscale, resize
 to 32x32 (Lanczos), 2-D DCT-II, keep the 8x8 lowest frequencies, bit = coefficient
@@ -39,6 +41,10 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from beam_filter.cluster.sampling import uid_hash64
+from beam_filter.identity import token_uid
+from beam_filter.records import Verdict
 
 REASON_PREFIX = "near_duplicate_of:"
 CONTAMINATION_PREFIX = "eval_contamination:"
@@ -109,9 +115,29 @@ def band_values(h: np.ndarray, bands: int) -> np.ndarray:
     return np.stack([(h >> np.uint64(HASH_BITS - width * (b + 1))) & mask for b in range(bands)], axis=1)
 
 
+def band_keys(value: int, bands: int) -> list[tuple[int, int]]:
+    """``(band, band value)`` of one signed int64 hash, as Python ints (one row of ``band_values``)."""
+    width = check_bands(bands)
+    u = int(np.int64(value).view(np.uint64))
+    return [(b, (u >> (64 - width * (b + 1))) & ((1 << width) - 1)) for b in range(bands)]
+
+
 def n_chunks(n_items: int, bucket_cap: int) -> int:
     """How many chunks a band bucket of ``n_items`` hashes is cut into (1 = no split)."""
     return 1 if n_items <= bucket_cap else math.ceil(2 * n_items / bucket_cap)
+
+
+def chunk_keys(value: int, chunks: int) -> list[tuple[int, int]]:
+    """The chunk pairs ``(i, j)``, i <= j, a hash value joins in a bucket cut into ``chunks`` chunks.
+
+    The value's own chunk ``c`` is a hash of the value; it joins every pair that holds
+    ``c``, so any two values of the bucket meet in some group: exactly one when their
+    chunks differ, all ``chunks`` groups of their chunk when they share it.
+    """
+    if chunks == 1:
+        return [(0, 0)]
+    c = uid_hash64(str(value), "chunk") % chunks
+    return [(min(c, j), max(c, j)) for j in range(chunks)]
 
 
 def close_pairs(h: np.ndarray, tolerance: int) -> list[tuple[int, int]]:
@@ -123,6 +149,12 @@ def close_pairs(h: np.ndarray, tolerance: int) -> list[tuple[int, int]]:
         d = hamming(h[i], h[i + 1:])
         out.extend((i, i + 1 + int(j)) for j in np.nonzero(d <= tolerance)[0])
     return out
+
+
+def close_value_pairs(values: Iterable[int], tolerance: int) -> list[tuple[int, int]]:
+    """Pairs ``(a, b)``, a < b, of the distinct hash values of one band group within ``tolerance``."""
+    vals = np.array(sorted(values), dtype=np.int64)
+    return [(int(vals[i]), int(vals[j])) for i, j in close_pairs(vals, tolerance)]
 
 
 def candidate_pairs(hashes, bands: int, tolerance: int) -> set[tuple[int, int]]:
@@ -200,6 +232,36 @@ def survivor_key(uid: str, quality) -> tuple:
     return (0, -q, uid)
 
 
+def similar_enough(emb, survivor_emb, min_similarity: float | None) -> bool:
+    """The optional similarity check before a member is dropped for its survivor.
+
+    Without ``min_similarity`` it always passes; with it, both unit embeddings must
+    exist and their cosine must not be below ``min_similarity``.
+    """
+    if min_similarity is None:
+        return True
+    if emb is None or survivor_emb is None:
+        return False
+    return not float(emb @ survivor_emb) < min_similarity
+
+
+def best_member(members: Iterable[tuple]) -> tuple:
+    """The survivor among ``(token, phash, quality, unit embedding)`` members (``survivor_key``).
+
+    Associative, so Beam may apply it to partial groups and again to their results.
+    """
+    return min(members, key=lambda m: survivor_key(m[0], m[2]))
+
+
+def member_verdicts(members: Iterable[tuple], survivor: tuple,
+                    min_similarity: float | None = None) -> list[tuple[str, Verdict]]:
+    """``(token, Verdict)`` for every member of a component but its survivor (``best_member``)
+    that passes the similarity check: ``near_duplicate_of:<survivor uid>``."""
+    reason = REASON_PREFIX + token_uid(survivor[0])
+    return [(m[0], Verdict(reason, None)) for m in members
+            if m[0] != survivor[0] and similar_enough(m[3], survivor[3], min_similarity)]
+
+
 def near_duplicates(uids: Sequence[str], phashes, *, bands: int = 4, tolerance: int = 3,
                     quality: Sequence | None = None, emb=None,
                     min_similarity: float | None = None) -> dict[str, str]:
@@ -230,7 +292,7 @@ def near_duplicates(uids: Sequence[str], phashes, *, bands: int = 4, tolerance: 
         s = best[c]
         if s == i:
             continue
-        if unit is not None and float(unit[i] @ unit[s]) < min_similarity:
+        if unit is not None and not similar_enough(unit[i], unit[s], min_similarity):
             continue
         out[uids[i]] = uids[s]
     return out
@@ -267,6 +329,11 @@ class EvalIndex:
         d = hamming(np.int64(phash), self.h[cand].view(np.int64))
         ok = [(int(d[k]), self.ids[i]) for k, i in enumerate(cand) if d[k] <= self.tolerance]
         return min(ok)[1] if ok else None
+
+
+def contamination_reason(hit: str | None) -> str | None:
+    """``eval_contamination:<eval id>`` for a match of ``EvalIndex.match``, None for no match."""
+    return None if hit is None else CONTAMINATION_PREFIX + hit
 
 
 def load_eval_hashes(path: str) -> tuple[np.ndarray, list[str]]:

@@ -41,6 +41,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from beam_filter.cluster.kmeans import normalize
+from beam_filter.identity import token_uid
+from beam_filter.records import Verdict
 
 REASON_PREFIX = "semantic_duplicate_of:"
 ORDERS = ("farthest", "closest")
@@ -154,4 +156,24 @@ def semdedup_slices(records: Iterable, eps: float, order: str, max_size: int) ->
         part = [r for r in records if slice_of[r[0]] == sl]
         out.update(semdedup_group([r[0] for r in part], np.stack([r[2] for r in part]),
                                   [r[1] for r in part], eps, order, normalized=True))
+    return out
+
+
+def part_verdicts(cluster: int, items: Iterable, eps: float, order: str, max_size: int,
+                  cluster_column: str | None = None) -> list[tuple[str, Verdict]]:
+    """SemDeDup verdicts of one ``(cluster, part)`` group of ``(token, sim, unit embedding)`` items.
+
+    Tokens (``identity.row_token``) order as their uids, so the order is the reference's.
+    Every dropped item gets ``semantic_duplicate_of:<uid>``; with ``cluster_column``, every
+    item also gets a verdict recording its cluster id in that column. Sorted by token.
+    """
+    items = list(items)
+    dropped = semdedup_slices(items, eps, order, max_size)
+    if cluster_column is None:
+        return [(token, Verdict(REASON_PREFIX + token_uid(dropped[token]), None)) for token in sorted(dropped)]
+    columns = {cluster_column: int(cluster)}
+    out = []
+    for token in sorted(item[0] for item in items):
+        reason = REASON_PREFIX + token_uid(dropped[token]) if token in dropped else None
+        out.append((token, Verdict(reason, None, columns)))
     return out

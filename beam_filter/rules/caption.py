@@ -95,6 +95,18 @@ def unique_token_ratio(text: str | None) -> float:
     return len(set(tokens)) / len(tokens)
 
 
+def junk_caption_reason(text: str | None, extra: frozenset[str] = frozenset(),
+                        min_unique_token_ratio: float | None = 0.5) -> str | None:
+    """Open-Qwen2VL's two text filters, first failing one wins: a high-frequency junk caption
+    (``high_frequency_caption``), then a unique-token ratio not above ``min_unique_token_ratio``
+    (``repetitive_caption``; None disables it)."""
+    if is_junk_caption(text, extra):
+        return "high_frequency_caption"
+    if min_unique_token_ratio is not None and unique_token_ratio(text) <= min_unique_token_ratio:
+        return "repetitive_caption"
+    return None
+
+
 # ---- code-like captions -------------------------------------------------------------
 
 # Whole (lowercased) captions that are markup or UI junk rather than descriptions.
@@ -168,3 +180,8 @@ def is_code_like(text: str | None) -> bool:
             x = x[:-len(suffix)]
             break
     return not any(_is_word_token(tok) for tok in _SPLIT.split(x))
+
+
+def code_like_reason(text: str | None) -> str | None:
+    """``code_like_caption`` when the caption is code-like (``is_code_like``), else None."""
+    return "code_like_caption" if is_code_like(text) else None

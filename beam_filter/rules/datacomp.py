@@ -1,17 +1,36 @@
-"""DataComp's ``basic_filter`` (baselines/apply_filter.py), the whole rule in one place.
+"""DataComp's filtering baselines as plain functions: basic_filter, laion2b, text_based,
+and image_based's caption pre-filter (its centroid test is ``cluster/centroids.py``).
 
-Keep a sample when all hold:
+Each rule is stated once, exactly as DataComp applies it (mlfoundations/datacomp,
+baselines.py and baselines/apply_filter.py); ``stages/rules.py`` and
+``stages/datacomp.py`` only adapt them to the score and select phases.
+
+* ``basic_filter``: keep a sample when all hold:
+
   * fastText lid.176 top-1 language is ``en`` (newlines -> spaces, no threshold);
   * ``len(caption.split()) > 2`` and ``len(caption) > 5``;
   * ``min(width, height) >= 200`` and ``max/min <= 3.0``.
+
+* ``laion2b``: CLIP ViT-B/32 score >= 0.28 AND gcld3 language ``en``
+  (``NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)``, newlines -> spaces).
+* ``text_based``: fastText lid.176 ``en`` AND some caption word's first WordNet
+  synset is an ImageNet-21k synset (``rules/wordnet.py``).
+* ``image_based`` pre-filter: fastText ``en``, more than 1 fastText token, more
+  than 5 characters.
+
 DataComp ANDs masks and has no notion of *which* test failed; beam_filter
-reports the first failing test in the order above.
+reports the first failing test in the order written above.
 """
 
 from __future__ import annotations
 
+import math
+
 from beam_filter.rules.caption import caption_chars, caption_words
 from beam_filter.rules.image import image_size_reason
+from beam_filter.rules.language import fasttext_token_count
+
+LAION_THRESHOLD = 0.28
 
 
 def basic_filter_reason(caption: str | None, lang: str | None, width: int | None,
@@ -28,3 +47,32 @@ def basic_filter_reason(caption: str | None, lang: str | None, width: int | None
     if caption_words(caption) <= min_words or caption_chars(caption) <= min_chars:
         return "caption_too_short"
     return image_size_reason(width, height, min_side=min_side, max_aspect=max_aspect)
+
+
+def laion2b_reason(score, cld3_lang: str | None, threshold: float = LAION_THRESHOLD) -> str | None:
+    """DataComp laion2b: keep when B/32 score >= threshold and gcld3 says ``en``."""
+    if score is None or (isinstance(score, float) and math.isnan(score)) or float(score) < threshold:
+        return "clip_score_below_threshold"
+    if cld3_lang != "en":
+        return "not_english"
+    return None
+
+
+def image_based_caption_reason(caption: str | None, lang: str | None) -> str | None:
+    """DataComp image_based pre-filter: fastText ``en``, > 1 fastText token, > 5 characters."""
+    if lang != "en":
+        return "not_english"
+    if fasttext_token_count(caption) <= 1 or caption_chars(caption) <= 5:
+        return "caption_too_short"
+    return None
+
+
+def text_based_reason(caption: str | None, lang: str | None, wordnet_dir: str | None = None) -> str | None:
+    """DataComp text_based: fastText ``en`` and an ImageNet-21k concept among the caption's words."""
+    from beam_filter.rules.wordnet import caption_has_in21k_synset
+
+    if lang != "en":
+        return "not_english"
+    if not caption_has_in21k_synset(caption, wordnet_dir):
+        return "no_imagenet21k_concept"
+    return None

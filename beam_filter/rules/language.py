@@ -130,3 +130,15 @@ def detect_language_cld3(text: str | None, min_num_bytes: int = 0,
     with _CLD3_CALL_LOCK:
         result = model.FindLanguage(text=_clean(text))
     return result.language, float(result.probability)
+
+
+def language_reason(lang: str | None, score: float | None, keep: frozenset[str],
+                    min_score: float | None = None) -> str | None:
+    """The ``language`` stage's rule: the label must be one of ``keep`` (``not_english`` when
+    ``keep`` is just English, else ``wrong_language``), and its probability >= ``min_score``
+    when one is given (``language_score_too_low``; a missing score fails)."""
+    if lang not in keep:
+        return "not_english" if keep == {"en"} else "wrong_language"
+    if min_score is not None and (score is None or score < min_score):
+        return "language_score_too_low"
+    return None

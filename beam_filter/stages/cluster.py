@@ -173,8 +173,7 @@ class DecontaminateStage(_PhashFeature, RuleStage):
         h = row.get(PHASH)
         if h is None:
             return None
-        hit = self._eval_index().match(int(h))
-        return None if hit is None else near_dup.CONTAMINATION_PREFIX + hit
+        return near_dup.contamination_reason(self._eval_index().match(int(h)))
 
 
 @register

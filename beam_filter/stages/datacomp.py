@@ -1,20 +1,19 @@
 """DataComp's baselines beyond basic_filter and clip_score: laion2b, text_based, image_based.
 
-Each rule is stated once, as a plain function at the top of this module, exactly as
-DataComp's baselines.py applies it (mlfoundations/datacomp, baselines.py); the stage classes below
-only adapt them to the score and select phases.
+The rules are plain functions, exactly as DataComp's baselines.py applies them
+(mlfoundations/datacomp): ``rules/datacomp.py`` (laion2b, text_based, image_based's
+caption pre-filter) and ``cluster/centroids.py`` (image_based's nearest-centroid
+test, ``target_centroids`` to make its targets). The stage classes below only adapt
+them to the score and select phases.
 
-* ``laion2b``: CLIP ViT-B/32 score >= 0.28 AND gcld3 language ``en``
-  (``NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)``, newlines -> spaces).
-* ``text_based``: fastText lid.176 ``en`` AND some caption word's first WordNet
-  synset is an ImageNet-21k synset (``rules/wordnet.py``).
+* ``laion2b``: CLIP ViT-B/32 score >= 0.28 AND gcld3 language ``en``.
+* ``text_based``: fastText lid.176 ``en`` AND an ImageNet-21k WordNet concept in the caption.
 * ``image_based``: caption pre-filter (fastText ``en``, more than 1 fastText token,
   more than 5 characters), then the image embedding's nearest centroid (argmax inner
-  product) must be a *target* centroid. ``centroids``: a (k, d) float .npy (DataComp:
-  faiss k-means, 100,000 clusters on L/14 image features of the caption-filtered
-  pool); ``targets``: an int .npy of target centroid ids. DataComp's targets are the
-  centroids nearest to ImageNet-1k train image features; make them with
-  :func:`target_centroids` (``np.save("targets.npy", target_centroids(C, imagenet_l14_feats))``).
+  product) must be a *target* centroid. ``centroids``: a (k, d) float .npy;
+  ``targets``: an int .npy of target centroid ids
+  (``np.save("targets.npy", cluster.centroids.target_centroids(C, imagenet_l14_feats))``).
+  The rows are searched in batches by ``transforms/cluster.NearestCentroidVerdicts``.
 
 A row fails with the first failing test in the order written above (DataComp only
 ANDs masks). Where scores or embeddings come from: DataComp metadata rows carry
@@ -26,104 +25,25 @@ uses it; otherwise the DataComp column is used, so one recipe serves both inputs
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from beam_filter import fsio
+from beam_filter.cluster.centroids import CentroidIndex, TargetClusters, target_cluster_verdicts
 from beam_filter.errors import UserError
 from beam_filter.records import CAPTION, Verdict
-from beam_filter.identity import row_token
 from beam_filter.process_cache import once_per_process
 from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
-from beam_filter.rules.caption import caption_chars
-from beam_filter.rules.language import detect_language_cld3, fasttext_token_count
+from beam_filter.rules.datacomp import (LAION_THRESHOLD, image_based_caption_reason, laion2b_reason,
+                                        text_based_reason)
+from beam_filter.rules.language import detect_language_cld3
 from beam_filter.stages.rules import FastTextLanguage, row_language
 
-LAION_THRESHOLD = 0.28
 CLD3_LANG, CLD3_SCORE = "lang_cld3", "lang_cld3_score"   # same columns as `language` with gcld3
 DATACOMP_B32 = "clip_b32_similarity_score"
 DATACOMP_L14_IMG = "l14_img"
-
-# ---- the rules, as DataComp applies them ---------------------------------------------------
-
-
-def laion2b_reason(score, cld3_lang: str | None, threshold: float = LAION_THRESHOLD) -> str | None:
-    """DataComp laion2b: keep when B/32 score >= threshold and gcld3 says ``en``."""
-    if score is None or (isinstance(score, float) and math.isnan(score)) or float(score) < threshold:
-        return "clip_score_below_threshold"
-    if cld3_lang != "en":
-        return "not_english"
-    return None
-
-
-def image_based_caption_reason(caption: str | None, lang: str | None) -> str | None:
-    """DataComp image_based pre-filter: fastText ``en``, > 1 fastText token, > 5 characters."""
-    if lang != "en":
-        return "not_english"
-    if fasttext_token_count(caption) <= 1 or caption_chars(caption) <= 5:
-        return "caption_too_short"
-    return None
-
-
-def text_based_reason(caption: str | None, lang: str | None, wordnet_dir: str | None = None) -> str | None:
-    """DataComp text_based: fastText ``en`` and an ImageNet-21k concept among the caption's words."""
-    from beam_filter.rules.wordnet import caption_has_in21k_synset
-
-    if lang != "en":
-        return "not_english"
-    if not caption_has_in21k_synset(caption, wordnet_dir):
-        return "no_imagenet21k_concept"
-    return None
-
-
-class CentroidIndex:
-    """Exact maximum-inner-product search over fixed centroids (faiss IndexFlatIP, else numpy).
-
-    Built once per process per centroid file; ``search`` is safe to call from threads.
-    """
-
-    def __init__(self, centroids: np.ndarray):
-        c = np.ascontiguousarray(centroids, dtype=np.float32)
-        if c.ndim != 2 or len(c) == 0:
-            raise UserError(f"centroids must be a non-empty (k, d) array, not shape {c.shape}")
-        self.centroids = c
-        try:
-            import faiss
-        except ImportError:
-            self.index = None
-        else:
-            self.index = faiss.IndexFlatIP(c.shape[1])
-            self.index.add(c)
-
-    def search(self, embeddings: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        x = np.ascontiguousarray(embeddings, dtype=np.float32)
-        c = self.centroids
-        if x.ndim != 2 or x.shape[1] != c.shape[1]:
-            raise UserError(f"image_based: embeddings of shape {x.shape} do not match centroids "
-                            f"of shape {c.shape} (e.g. L/14 features are 768-d)")
-        if len(x) == 0:
-            return np.zeros(0, np.int64)
-        if self.index is not None:
-            _, ids = self.index.search(x, 1)
-            return ids[:, 0].astype(np.int64)
-        return np.concatenate([np.argmax(x[i:i + chunk] @ c.T, axis=1)
-                               for i in range(0, len(x), chunk)]).astype(np.int64)
-
-
-def nearest_centroids(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the centroid with the largest inner product, per row (DataComp's faiss search).
-
-    Embeddings are used as given (DataComp does not renormalise the fp16 features).
-    """
-    return CentroidIndex(centroids).search(embeddings)
-
-
-def target_centroids(centroids: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Sorted unique ids of the centroids nearest to ``features`` (DataComp: ImageNet-1k train, L/14)."""
-    return np.unique(nearest_centroids(features, centroids)).astype(np.int64)
 
 
 # ---- per-process caches --------------------------------------------------------------------
@@ -178,8 +98,8 @@ class Laion2B(RuleStage):
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         score = self._score(row)
-        if laion2b_reason(score, "en", self.p.threshold) is not None:
-            return "clip_score_below_threshold"
+        if laion2b_reason(score, "en", self.p.threshold) is not None:   # the score fails whatever the
+            return "clip_score_below_threshold"                          # language: skip detecting it
         return laion2b_reason(score, row_language(row, CLD3_LANG, detect_language_cld3), self.p.threshold)
 
 
@@ -211,7 +131,8 @@ class ImageBased(FastTextLanguage, GroupStage):
                    "image embedding's nearest centroid is one of the target (ImageNet-nearest) centroids")
     params = {
         "centroids": Param(str, None, "(k, d) float .npy of centroids (DataComp: 100k on L/14)", required=True),
-        "targets": Param(str, None, "int .npy of target centroid ids (see target_centroids)", required=True),
+        "targets": Param(str, None, "int .npy of target centroid ids (see cluster.centroids.target_centroids)",
+                         required=True),
         "embedding": Param(str, None, "image embedding column (default: {clip_stage}_image_embedding "
                            "when rows have it, else DataComp's l14_img)"),
         "clip_stage": Param(str, None, "id of a clip stage (model ViT-L-14) whose image embedding to use"),
@@ -240,34 +161,20 @@ class ImageBased(FastTextLanguage, GroupStage):
     def caption_reason(self, row: dict) -> str | None:
         return image_based_caption_reason(row.get(CAPTION), self.row_language(row))
 
+    def target_clusters(self) -> TargetClusters:
+        """The centroid index and target ids of this stage's files, loaded once per process."""
+        return TargetClusters(centroid_index(self.p.centroids),
+                              load_npy(self.p.targets, "image_based targets"), source=self.p.targets)
+
     def batch_verdicts(self, rows: list[dict]) -> list[tuple[str, Verdict]]:
         """Verdicts for a batch of alive rows: caption pre-filter, then one centroid search."""
-        out, searched = [], []
-        for row in rows:
-            why = self.caption_reason(row)
-            if why is not None:
-                out.append((row_token(row), Verdict(reason=why)))
-            else:
-                searched.append(row)
-        if searched:
-            index = centroid_index(self.p.centroids)
-            targets = load_npy(self.p.targets, "image_based targets")
-            if not np.issubdtype(targets.dtype, np.integer):
-                raise UserError(f"image_based: {self.p.targets} must hold integer centroid ids, "
-                                f"not {targets.dtype}")
-            ids = index.search(np.stack([self.embedding_of(r) for r in searched]))
-            hit = np.isin(ids, targets)
-            out.extend((row_token(r), Verdict(reason="not_in_target_clusters"))
-                       for r, ok in zip(searched, hit) if not ok)
-        return out
+        return target_cluster_verdicts(rows, self.caption_reason, self.embedding_of, self.target_clusters)
 
     def verdicts(self, alive_rows):
-        import apache_beam as beam
+        from beam_filter.transforms.cluster import NearestCentroidVerdicts
 
-        return (alive_rows
-                | f"{self.id}/Batch" >> beam.BatchElements(min_batch_size=min(64, self.p.batch_size),
-                                                           max_batch_size=self.p.batch_size)
-                | f"{self.id}/NearestCentroid" >> beam.FlatMap(self.batch_verdicts))
+        return alive_rows | f"ImageBased[{self.id}]" >> NearestCentroidVerdicts(
+            self.batch_verdicts, self.p.batch_size)
 
     def provenance(self) -> dict:
         from beam_filter.fsio import file_sha256, is_remote

@@ -4,7 +4,7 @@ Score: one RunInference over ``(image bytes, caption)`` with the transformers or
 handler; columns ``{id}_{metric}_score`` (``mlm_<metric>_score`` for the default id),
 int or None (unparsable answer). An undecodable image sets ``read_error=corrupt_image``.
 
-Select: keep a row when every filtered metric passes. A metric is filtered by
+Select (the rules: ``rules/mlm.py``): keep a row when every filtered metric passes. A metric is filtered by
 ``thresholds: {metric: int}`` (keep score >= threshold; several metrics = AND, the
 MLM-Filter README's ITM >= 66 AND ODF >= 20), or by the ``metric`` + ``threshold`` /
 ``fraction`` shorthand. A fraction keeps the top share of the pool with the rank-n rule
@@ -18,7 +18,6 @@ each metric is a full generation pass, so scoring all four costs four times as m
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -26,36 +25,10 @@ from beam_filter.errors import UserError
 from beam_filter.models import mlm_prompts as P
 from beam_filter.columns import need
 from beam_filter.registry import Param, ScoredStage, register
+from beam_filter.rules.mlm import rank_reason, threshold_reason
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
-UNPARSABLE = "mlm_unparsable"
 TINY_DIR = "mlm_filter_tiny"
-
-
-def below_reason(metric: str) -> str:
-    return f"mlm_{metric}_below_threshold"
-
-
-def _is_missing(value) -> bool:
-    """None, or NaN (how a parquet float column may bring a None score back)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def threshold_reason(row: dict, columns: dict[str, str], thresholds: dict[str, float]) -> str | None:
-    """Why ``row`` fails fixed thresholds (metrics in reference order), or None to keep. Pure."""
-    for metric in P.METRICS:
-        if metric not in thresholds:
-            continue
-        col = columns[metric]
-        if col not in row:
-            raise UserError(f"mlm: column {col!r} is missing; score these rows with the mlm stage "
-                            "(metadata rows carry no MLM-Filter scores)")
-        value = row[col]
-        if _is_missing(value):
-            return UNPARSABLE
-        if value < thresholds[metric]:
-            return below_reason(metric)
-    return None
 
 
 def _fraction(v) -> bool:
@@ -191,19 +164,10 @@ class MLMFilter(ScoredStage):
         return self._rank_reason(row, info)
 
     def _rank_reason(self, row: dict, info: Any) -> str | None:
-        # The seeded tie-break at the threshold (as MLM-Filter: ties kept with probability
-        # (n - #above) / #equal).
-        from beam_filter.rules.thresholds import keep_at_rank
-
         col = self.columns[self.rank_metric]
         if col not in row:
             raise UserError(f"mlm: column {col!r} is missing; score these rows with the mlm stage")
-        value = row[col]
-        if _is_missing(value):
-            return UNPARSABLE
-        if keep_at_rank(value, info, row.get("uid"), self.p.seed):
-            return None
-        return below_reason(self.rank_metric)
+        return rank_reason(row[col], info, row.get("uid"), self.p.seed, self.rank_metric)
 
     # ---- offline smoke tests ------------------------------------------------
     @classmethod

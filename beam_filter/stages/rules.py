@@ -1,27 +1,28 @@
 """Recipe stages for the cheap rules: caption, image size, language, uid subsets, exact dedup.
 
-Each stage only adapts a pure function of ``beam_filter/rules`` to the phases:
-``features`` for what needs the sample at score time (language id), ``reason``
-for per-row decisions in select, ``verdicts`` for exact dedup, which needs
-groups of rows. Rows from DataComp metadata (``select --metadata``) have no
-``lang`` column; the language stages then compute it in ``reason`` from the
-caption, so the same recipe works on scored shards and on metadata.
+Each stage only adapts a pure function of ``beam_filter/rules`` (exact dedup:
+``beam_filter/cluster/exact_dup.py``) to the phases: ``features`` for what needs
+the sample at score time (language id), ``reason`` for per-row decisions in
+select, ``verdicts`` for exact dedup, which needs groups of rows
+(``transforms/cluster.ExactDuplicates``). Rows from DataComp metadata
+(``select --metadata``) have no ``lang`` column; the language stages then
+compute it in ``reason`` from the caption, so the same recipe works on scored
+shards and on metadata.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from beam_filter.records import (CAPTION, HEIGHT, LANG, LANG_SCORE, SHA256, UID, WIDTH,
-                                 Verdict)
-from beam_filter.identity import row_token, token_uid
+from beam_filter.records import CAPTION, HEIGHT, LANG, LANG_SCORE, SHA256, UID, WIDTH
 from beam_filter.process_cache import once_per_process
 from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules import caption as cap
 from beam_filter.rules.datacomp import basic_filter_reason
 from beam_filter.rules.image import image_size_reason
-from beam_filter.rules.language import detect_language, detect_language_cld3
+from beam_filter.rules.language import detect_language, detect_language_cld3, language_reason
+from beam_filter.rules.uid_subset import MODES as UID_SUBSET_MODES, uid_subset_reason
 
 
 def _positive(v) -> bool:
@@ -198,11 +199,7 @@ class Language(RuleStage):
         lang, score = row.get(self._lang_col), row.get(self._score_col)
         if lang is None:
             lang, score = self._detect(row.get(CAPTION))
-        if lang not in self._keep:
-            return "not_english" if self._keep == {"en"} else "wrong_language"
-        if self.p.min_score is not None and (score is None or score < self.p.min_score):
-            return "language_score_too_low"
-        return None
+        return language_reason(lang, score, self._keep, self.p.min_score)
 
 
 @register
@@ -224,14 +221,8 @@ class JunkCaption(RuleStage):
         return (need(CAPTION),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
-        text = row.get(CAPTION)
         extra = cap.load_caption_list(self.p.extra_list) if self.p.extra_list else frozenset()
-        if cap.is_junk_caption(text, extra):
-            return "high_frequency_caption"
-        if (self.p.min_unique_token_ratio is not None
-                and cap.unique_token_ratio(text) <= self.p.min_unique_token_ratio):
-            return "repetitive_caption"
-        return None
+        return cap.junk_caption_reason(row.get(CAPTION), extra, self.p.min_unique_token_ratio)
 
 
 @register
@@ -246,7 +237,7 @@ class CodeLikeCaption(RuleStage):
         return (need(CAPTION),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
-        return "code_like_caption" if cap.is_code_like(row.get(CAPTION)) else None
+        return cap.code_like_reason(row.get(CAPTION))
 
 
 # ---- uid subsets ---------------------------------------------------------------------
@@ -268,33 +259,21 @@ class UidSubset(RuleStage):
         "path": Param(str, None, "DataComp subset file (sorted u8,u8 .npy or raw memmap)",
                       required=True),
         "mode": Param(str, "keep", "keep: keep only listed uids; drop: drop listed uids",
-                      choices=("keep", "drop")),
+                      choices=UID_SUBSET_MODES),
     }
 
     def needs(self):
         return (need(UID),)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
-        listed = row.get(UID) in uid_set(self.p.path)
-        if self.p.mode == "keep":
-            return None if listed else "not_in_uid_subset"
-        return "in_drop_subset" if listed else None
+        return uid_subset_reason(row.get(UID) in uid_set(self.p.path), self.p.mode)
 
 
 # ---- exact dedup ---------------------------------------------------------------------
 
-def duplicate_verdicts(sha256: str, tokens) -> list[tuple[str, Verdict]]:
-    """Verdicts for one group of identical images: every row but the one with the smallest uid
-    is dropped. ``tokens`` are row tokens (identity.py; a bare uid works too), so two samples
-    that share a uid are still told apart and one of them is dropped."""
-    distinct = sorted(set(tokens))
-    survivor = token_uid(distinct[0])
-    return [(t, Verdict(reason=f"exact_duplicate_of:{survivor}")) for t in distinct[1:]]
-
-
 @register
 class ExactDedup(GroupStage):
-    """Drop byte-identical images (same sha256); the smallest uid survives."""
+    """Drop byte-identical images (same sha256); the smallest uid survives (cluster/exact_dup.py)."""
 
     name = "exact_dedup"
     description = "exact duplicate removal by image sha256 (survivor = smallest uid)"
@@ -304,10 +283,6 @@ class ExactDedup(GroupStage):
         return (need(SHA256, what="the image's sha256"),)
 
     def verdicts(self, alive_rows):
-        import apache_beam as beam
+        from beam_filter.transforms.cluster import ExactDuplicates
 
-        return (alive_rows
-                | f"{self.id}/KeyBySha256" >> beam.FlatMap(
-                    lambda r: [(r[SHA256], row_token(r))] if r.get(SHA256) else [])
-                | f"{self.id}/GroupBySha256" >> beam.GroupByKey()
-                | f"{self.id}/Duplicates" >> beam.FlatMapTuple(duplicate_verdicts))
+        return alive_rows | f"ExactDedup[{self.id}]" >> ExactDuplicates(SHA256)

@@ -15,7 +15,12 @@ images (design rule 1, ARCHITECTURE.md). Every group is bounded:
   union-find over the (few) matching hash pairs, and survivors are chosen with a
   combiner, then joined back with CoGroupByKey (values are streamed, not listed);
 * cluster-importance, cluster-balance and quality-duplication need only
-  per-cluster statistics (counts, bottom-k samples): combiners, no row groups.
+  per-cluster statistics (counts, bottom-k samples): combiners, no row groups;
+* exact duplicates group row tokens by sha256 (``ExactDuplicates``); DataComp's
+  image_based test runs on batches of rows, no shuffle (``NearestCentroidVerdicts``).
+
+Every decision is a pure function of ``beam_filter/cluster`` called here; this
+module only keys, groups, combines and joins.
 
 All outputs are ``(row token, records.Verdict)`` pairs, as ``Stage.verdicts`` returns:
 the token (``identity.row_token``) names the sample, so two samples sharing a
@@ -25,15 +30,14 @@ uid are never confused; rules that hash or order by uid use its uid part.
 from __future__ import annotations
 
 import heapq
-import math
 from typing import Any, Callable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 
-from beam_filter.cluster import alignment, kmeans, near_dup, semdedup
+from beam_filter.cluster import alignment, exact_dup, kmeans, near_dup, semdedup
 from beam_filter.cluster.sampling import uid_hash64
-from beam_filter.identity import row_token, token_uid
+from beam_filter.identity import row_token
 from beam_filter.records import UID, Verdict
 
 
@@ -167,6 +171,44 @@ class AssignClusters(beam.PTransform):
                 | "Assign" >> beam.FlatMap(assign_batch, cents=beam.pvalue.AsSingleton(self.centroids)))
 
 
+# ---- exact duplicates, DataComp image_based ------------------------------------
+
+class ExactDuplicates(beam.PTransform):
+    """rows -> (token, Verdict("exact_duplicate_of:<uid>")) for all but the smallest uid of each
+    group of rows sharing ``column`` (the image's sha256). Rows without it get no verdict."""
+
+    def __init__(self, column: str):
+        super().__init__()
+        self.column = column
+
+    def expand(self, rows):
+        column = self.column
+        return (rows
+                | "KeyBySha256" >> beam.FlatMap(
+                    lambda r: [(r[column], row_token(r))] if r.get(column) else [])
+                | "GroupBySha256" >> beam.GroupByKey()
+                | "Duplicates" >> beam.FlatMapTuple(exact_dup.duplicate_verdicts))
+
+
+class NearestCentroidVerdicts(beam.PTransform):
+    """rows -> (token, Verdict) of DataComp image_based, one nearest-centroid search per batch.
+
+    ``batch_verdicts(rows)`` is the stage's adapter of ``cluster.centroids.target_cluster_verdicts``
+    (caption pre-filter, then the search); batches hold ``min(64, batch_size)`` to
+    ``batch_size`` rows. No shuffle: the centroids load once per worker process.
+    """
+
+    def __init__(self, batch_verdicts: Callable[[list], Any], batch_size: int = 1024):
+        super().__init__()
+        self.batch_verdicts, self.batch_size = batch_verdicts, int(batch_size)
+
+    def expand(self, rows):
+        return (rows
+                | "Batch" >> beam.BatchElements(min_batch_size=min(64, self.batch_size),
+                                                max_batch_size=self.batch_size)
+                | "NearestCentroid" >> beam.FlatMap(self.batch_verdicts))
+
+
 # ---- SemDeDup -------------------------------------------------------------------
 
 class SemDeDup(beam.PTransform):
@@ -208,16 +250,7 @@ class SemDeDup(beam.PTransform):
 
         def dedup(kv):
             (cluster, _), items = kv
-            items = list(items)
-            dropped = semdedup.semdedup_slices(items, eps, order, max_size)
-            if cluster_column is None:
-                for token in sorted(dropped):
-                    yield token, Verdict(semdedup.REASON_PREFIX + token_uid(dropped[token]), None)
-                return
-            columns = {cluster_column: int(cluster)}
-            for token in sorted(item[0] for item in items):
-                reason = semdedup.REASON_PREFIX + token_uid(dropped[token]) if token in dropped else None
-                yield token, Verdict(reason, None, columns)
+            return semdedup.part_verdicts(cluster, items, eps, order, max_size, cluster_column)
 
         return (recs | "KeyByPart" >> beam.Map(keyed, cuts=beam.pvalue.AsDict(cuts))
                 | "GroupByCluster" >> beam.GroupByKey()
@@ -260,12 +293,11 @@ class _EvalMatcher(beam.DoFn):
         self.index = near_dup.EvalIndex(h, ids, self.bands, self.tolerance)
 
     def process(self, item):
-        hit = self.index.match(item[1])
-        if hit is None:
+        reason = near_dup.contamination_reason(self.index.match(item[1]))
+        if reason is None:
             yield item
         else:
-            yield beam.pvalue.TaggedOutput("contaminated",
-                                           (item[0], Verdict(near_dup.CONTAMINATION_PREFIX + hit, None)))
+            yield beam.pvalue.TaggedOutput("contaminated", (item[0], Verdict(reason, None)))
 
 
 class NearDedup(beam.PTransform):
@@ -305,12 +337,8 @@ class NearDedup(beam.PTransform):
             items = tagged.clean
             outputs.append(tagged.contaminated)
 
-        width = near_dup.check_bands(bands)
-
         def band_keys(v):
-            u = int(np.int64(v).view(np.uint64))
-            for b in range(bands):
-                yield (b, (u >> (64 - width * (b + 1))) & ((1 << width) - 1)), v
+            return [(key, v) for key in near_dup.band_keys(v, bands)]
 
         banded = (items | "Values" >> beam.Map(lambda it: it[1]) | "Distinct" >> beam.Distinct()
                   | "Bands" >> beam.FlatMap(band_keys))
@@ -320,18 +348,10 @@ class NearDedup(beam.PTransform):
 
         def chunked(kv, heavy):
             key, v = kv
-            p = heavy.get(key, 1)
-            if p == 1:
-                yield (key, 0, 0), v
-                return
-            c = uid_hash64(str(v), "chunk") % p
-            for j in range(p):
-                yield (key, min(c, j), max(c, j)), v
+            return [((key, i, j), v) for i, j in near_dup.chunk_keys(v, heavy.get(key, 1))]
 
         def pairs(kv):
-            vals = np.array(sorted(kv[1]), dtype=np.int64)
-            for i, j in near_dup.close_pairs(vals, tol):
-                yield int(vals[i]), int(vals[j])
+            return near_dup.close_value_pairs(kv[1], tol)
 
         roots = (banded | "Chunk" >> beam.FlatMap(chunked, heavy=beam.pvalue.AsDict(heavy))
                  | "GroupByBand" >> beam.GroupByKey()
@@ -347,20 +367,12 @@ class NearDedup(beam.PTransform):
 
         by_comp = ({"items": items | "ByValue" >> beam.Map(lambda it: (it[1], it)), "root": roots}
                    | "JoinRoots" >> beam.CoGroupByKey() | "ToComponent" >> beam.FlatMap(to_component))
-        best = by_comp | "Survivor" >> beam.CombinePerKey(
-            lambda its: min(its, key=lambda it: near_dup.survivor_key(it[0], it[2])))
+        best = by_comp | "Survivor" >> beam.CombinePerKey(near_dup.best_member)
         min_sim = self.min_similarity
 
         def verdicts(kv):
             _, grouped = kv
-            surv = next(iter(grouped["best"]))
-            for it in grouped["items"]:
-                if it[0] == surv[0]:
-                    continue
-                if min_sim is not None and (it[3] is None or surv[3] is None
-                                            or float(it[3] @ surv[3]) < min_sim):
-                    continue
-                yield it[0], Verdict(near_dup.REASON_PREFIX + token_uid(surv[0]), None)
+            return near_dup.member_verdicts(grouped["items"], next(iter(grouped["best"])), min_sim)
 
         outputs.append({"items": by_comp, "best": best} | "JoinSurvivor" >> beam.CoGroupByKey()
                        | "Verdicts" >> beam.FlatMap(verdicts))
@@ -391,12 +403,8 @@ class ClusterImportance(beam.PTransform):
             if cents is None:
                 return None
             target = load_array(target_path, "target embeddings", dim=cents.shape[1])
-            n = np.zeros(len(cents))
-            for c, k in counts.items():
-                n[c] = k
-            want = size if size is not None else fraction * n.sum()
-            q = alignment.target_weights(target, cents, alpha)
-            return alignment.importance_keep_probs(n, q, want)
+            return alignment.cluster_keep_probs(counts, target, cents, fraction=fraction, size=size,
+                                                alpha=alpha)
 
         keep_p = (rows.pipeline | "One" >> beam.Create([None])
                   | "Probs" >> beam.Map(probs, cents=beam.pvalue.AsSingleton(cents),
@@ -421,12 +429,17 @@ class ClusterBalance(beam.PTransform):
         cents = rows | "Centroids" >> Centroids(self.column, **self.cent_args)
         recs = (rows | "Assign" >> AssignClusters(self.column, cents, score_column=self.score)
                 | "Key" >> beam.Map(lambda r: (r.cluster, alignment.balance_key(r.token, r.score, seed))))
+        def cut_of(kv):
+            cluster, (count, best) = kv
+            cut = alignment.balance_cut(count, best, cap)
+            return [] if cut is None else [(cluster, cut)]
+
         worst_kept = (recs | "Best" >> beam.CombinePerKey(BottomK(cap, key=lambda k: k))
-                      | "Cut" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1][-1])] if kv[1][0] > cap else []))
+                      | "Cut" >> beam.FlatMap(cut_of))
 
         def verdict(kv, cut):
             c, key = kv
-            if c in cut and key > cut[c]:
+            if alignment.over_cap(key, cut.get(c)):
                 yield key[3], Verdict(alignment.BALANCE_REASON, None)
 
         return recs | "Verdicts" >> beam.FlatMap(verdict, cut=beam.pvalue.AsDict(worst_kept))
@@ -452,10 +465,7 @@ class QualityDuplication(beam.PTransform):
             recs = rows | "Global" >> beam.Map(
                 lambda r: Assigned(0, r[UID], 1.0, None, r.get(score), row_token(r)))
 
-        def valid(s):
-            return s is not None and not (isinstance(s, float) and math.isnan(s))
-
-        cuts = (recs | "Valid" >> beam.Filter(lambda r: valid(r.score))
+        cuts = (recs | "Valid" >> beam.Filter(lambda r: alignment.has_score(r.score))
                 | "SampleKey" >> beam.Map(lambda r: (r.cluster, (alignment.duplication_sample_key(r.uid, seed),
                                                                  r.uid, float(r.score))))
                 | "Sample" >> beam.CombinePerKey(BottomK(self.sample_size))
@@ -463,7 +473,7 @@ class QualityDuplication(beam.PTransform):
                                                                               fractions))))
 
         def verdict(r, cuts):
-            n = alignment.copies_for(r.score, cuts.get(r.cluster, [math.inf] * len(fractions)), copies)
+            n = alignment.cluster_copies(r.score, cuts.get(r.cluster), copies)
             if n != 1:
                 yield r.token, Verdict(None, n)
 

@@ -25,7 +25,7 @@ class FusedShardFn(LocalPoolDoFn):
 
     def __init__(self, feature_stages, select_stages, layout, metadata, resumed=frozenset(), processes=0):
         super().__init__((feature_stages, select_stages, layout, metadata, frozenset(resumed)), processes)
-        self.preload = tuple(type(s).__module__ for s in [*feature_stages, *select_stages])
+        self.preload = tuple(type(s).__module__ for s in [*feature_stages, *(select_stages or ())])
 
     def emit(self, path, result: ShardResult):
         for name, n in sorted(result.counts.items()):
@@ -36,5 +36,5 @@ class FusedShardFn(LocalPoolDoFn):
         flush_clock(clock)
         for e in result.errors:
             yield beam.pvalue.TaggedOutput(FILE_ERRORS, e)
-        if result.kept is not None:
+        if result.kept is not None and self.args[1] is not None:      # decisions were made
             yield result.kept
