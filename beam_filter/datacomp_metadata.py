@@ -28,7 +28,6 @@ from __future__ import annotations
 import zipfile
 from typing import Iterator, Sequence
 
-import apache_beam as beam
 import numpy as np
 
 from beam_filter import fsio
@@ -192,7 +191,12 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                 rows = _row_dicts(batch)
                 feats = [(a.key, a.read(len(rows))) for a in arrays]
                 for i, row in enumerate(rows):
+                    # Identity: the parquet names the shard; metadata has no tar key, the uid stands in.
                     row[R.SHARD] = parquet_path
+                    if row.get(R.KEY) is None:
+                        row[R.KEY] = row.get(R.UID)
+                    row.setdefault(R.READ_ERROR, None)
+                    row.setdefault(R.WARNING, None)
                     text = row.get(R.CAPTION)
                     row[R.CAPTION_CHARS] = caption_chars(text)
                     row[R.CAPTION_WORDS] = caption_words(text)
@@ -206,34 +210,3 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                 archive.close()
             if nf is not None:
                 nf.close()
-
-
-class _ReadPart(beam.DoFn):
-    def __init__(self, embeddings):
-        self.embeddings = embeddings
-
-    def process(self, pair):
-        parquet, npz = pair
-        yield from iter_metadata_rows(parquet, npz, self.embeddings if npz else None)
-
-
-class ReadDataCompMetadata(beam.PTransform):
-    """DataComp metadata directory -> rows (see the module docstring).
-
-    Files are matched at construction (a missing directory or no parquet is a
-    UserError right away), spread with a Reshuffle, and each parquet + npz pair
-    is streamed by one worker. ``embeddings`` restricts the npz arrays attached
-    (fewer arrays = less memory per row: the four are ~5 KB a row as float32).
-    """
-
-    def __init__(self, directory: str, embeddings: Sequence[str] | None = None):
-        super().__init__()
-        self.directory = directory
-        self.embeddings = list(embeddings) if embeddings is not None else None
-        self.pairs = list_metadata_files(directory)
-
-    def expand(self, p):
-        return (p
-                | "ListParts" >> beam.Create(self.pairs)
-                | "SpreadParts" >> beam.Reshuffle()
-                | "ReadParts" >> beam.ParDo(_ReadPart(self.embeddings)))

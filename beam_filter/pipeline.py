@@ -109,10 +109,13 @@ def build(p: beam.Pipeline, job: Job):
     if job.command in ("run", "score"):
         kept = _score(p, job, layout)
     elif job.command == "select":
-        rows = _select_input(p, job)
-        decided = rows | "Select" >> ApplyStages(recipe.stages, info_dir=_info_dir(job))
-        kept = decided | "WriteDecisions" >> WriteShardTables(
-            layout, write_scores=False, write_decisions=True, metadata=_metadata(recipe))
+        if job.fuse and all(is_local(s) for s in recipe.stages):
+            _select_fused(p, job, layout)
+        else:
+            rows = _select_input(p, job)
+            decided = rows | "Select" >> ApplyStages(recipe.stages, info_dir=_info_dir(job))
+            kept = decided | "WriteDecisions" >> WriteShardTables(
+                layout, write_scores=False, write_decisions=True, metadata=_metadata(recipe))
     elif job.command == "reshard":
         check_reshard_inputs(job)
         kept = (p | "ListDecisions" >> beam.Create(sorted(job.decision_files))
@@ -156,27 +159,34 @@ def _score(p, job: Job, layout: OutputLayout):
                                                        metadata=meta, skip_scores=resumed)
 
 
+def _select_fused(p, job: Job, layout: OutputLayout) -> None:
+    """select with per-row rules only: each input part is read, decided and written by one worker
+    (a local process pool on the local runner); rows never cross a shuffle, memory is one part."""
+    from beam_filter.transforms.fused import FusedSelectFn
+
+    if job.metadata_dir:
+        from beam_filter.datacomp_metadata import embedding_keys_for, list_metadata_files
+
+        parts = list_metadata_files(job.metadata_dir)
+        wanted = embedding_keys_for(job.recipe.leaf_stages())
+    else:
+        parts, wanted = sorted(job.score_files), []
+    (p | "ListParts" >> beam.Create(parts)
+     | "SpreadParts" >> beam.Reshuffle()
+     | "SelectParts" >> beam.ParDo(FusedSelectFn(
+         job.recipe.stages, layout, _metadata(job.recipe), wanted,
+         processes=local_processes(p.options) if len(parts) > 1 else 0)))
+
+
 def _select_input(p, job: Job):
     if job.metadata_dir:
-        from beam_filter.datacomp_metadata import ReadDataCompMetadata, embedding_keys_for
-
+        from beam_filter.datacomp_metadata import embedding_keys_for
+        from beam_filter.transforms.metadata import ReadDataCompMetadata
 
         # Only the npz arrays some stage reads (each is ~2-3 KB per row as float32).
         wanted = embedding_keys_for(job.recipe.leaf_stages())
-        return (p | "ReadMetadata" >> ReadDataCompMetadata(job.metadata_dir, embeddings=wanted)
-                | "IdentifyRows" >> beam.Map(_metadata_identity))
+        return p | "ReadMetadata" >> ReadDataCompMetadata(job.metadata_dir, embeddings=wanted)
     return p | "ReadScores" >> ReadScoreRows(job.score_files)
-
-
-def _metadata_identity(row: dict) -> dict:
-    """DataComp metadata rows have no tar key: the uid stands in for it; the parquet names the shard."""
-    from beam_filter import records as R
-
-    if row.get(R.KEY) is None:
-        row[R.KEY] = row[R.UID]
-    row.setdefault(R.READ_ERROR, None)
-    row.setdefault(R.WARNING, None)
-    return row
 
 
 def _metadata(recipe: Recipe) -> dict:
@@ -285,11 +295,21 @@ def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
 
 
 def _progress_monitor(job: Job):
-    """Shards done / total on stderr while a local run works (quiet when stderr is not a TTY)."""
+    """Shards (or metadata parts, scores files) done / total, rate and ETA on stderr while a local
+    run works; quiet when stderr is not a terminal."""
     from beam_filter.progress import ParquetDirCounter, ProgressMonitor
 
-    if job.command not in ("run", "score") or not job.shards:
-        return None
     layout = OutputLayout(job.output)
-    directory = layout.decisions_dir if job.command == "run" else layout.scores_dir
-    return ProgressMonitor(len(job.shards), ParquetDirCounter(directory), label=job.command)
+    if job.command in ("run", "score") and job.shards:
+        directory = layout.decisions_dir if job.command == "run" else layout.scores_dir
+        return ProgressMonitor(len(job.shards), ParquetDirCounter(directory), label=job.command)
+    if job.command == "select":
+        if job.metadata_dir:
+            from beam_filter.datacomp_metadata import list_metadata_files
+
+            total, unit = len(list_metadata_files(job.metadata_dir)), "parts"
+        else:
+            total, unit = len(job.score_files), "files"
+        return ProgressMonitor(total, ParquetDirCounter(layout.decisions_dir), label="select", unit=unit,
+                               row_unit="rows")
+    return None

@@ -35,14 +35,15 @@ def _fmt_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def format_line(label: str, done: int, total: int, samples: int, elapsed: float) -> str:
+def format_line(label: str, done: int, total: int, samples: int, elapsed: float, unit: str = "shards",
+                row_unit: str = "samples") -> str:
     """The progress text (pure, so tests and other front-ends can reuse it)."""
     rate = samples / elapsed if elapsed > 0 else 0.0
-    parts = [f"{label}: {done:,}/{total:,} shards"]
+    parts = [f"{label}: {done:,}/{total:,} {unit}"]
     if total:
         parts[0] += f" ({100.0 * done / total:.0f}%)"
-    parts.append(f"{samples:,} samples")
-    parts.append(f"{rate:,.1f} samples/s")
+    parts.append(f"{samples:,} {row_unit}")
+    parts.append(f"{rate:,.1f} {row_unit}/s")
     if done >= total > 0:
         parts.append(f"done in {_fmt_duration(elapsed)}")
     elif done > 0:
@@ -68,12 +69,14 @@ class ProgressMonitor:
     """
 
     def __init__(self, total: int, count_fn: Callable[[], tuple[int, int]], stream: TextIO | None = None,
-                 interval: float = 2.0, label: str = "score", force: bool = False):
+                 interval: float = 2.0, label: str = "score", force: bool = False, unit: str = "shards",
+                 row_unit: str = "samples"):
         self.total = int(total)
         self.count_fn = count_fn
         self.stream = stream if stream is not None else sys.stderr
         self.interval = float(interval)
         self.label = label
+        self.unit, self.row_unit = unit, row_unit
         self.tty = _is_tty(self.stream)
         self.enabled = self.tty or force
         self._stop = threading.Event()
@@ -107,7 +110,8 @@ class ProgressMonitor:
 
     def line(self) -> str:
         done, samples = self.poll()
-        return format_line(self.label, done, self.total, samples, time.monotonic() - self._start)
+        return format_line(self.label, done, self.total, samples, time.monotonic() - self._start,
+                           self.unit, self.row_unit)
 
     def _emit(self, final: bool = False) -> None:
         text = self.line()

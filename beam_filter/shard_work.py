@@ -8,6 +8,7 @@ and the plain-loop benchmark import this module in fresh processes, and
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from typing import NamedTuple
@@ -131,6 +132,36 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
             counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
     counts["file_errors"] = len(errors)
     return ShardResult(kept, errors, counts, clock.totals)
+
+
+def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
+                embeddings: tuple = ()) -> ShardResult:
+    """The fused select of one input part: a scores file, or a DataComp metadata (parquet, npz) pair.
+
+    Rows are read, decided by per-row rules and written as that part's decisions
+    file, in the worker that read them: no row crosses a shuffle, and memory is
+    bounded by the largest part, not by the pool. The general graph
+    (transforms/select.py) writes the same bytes (a test checks it).
+    """
+    if isinstance(part, (tuple, list)):
+        from beam_filter.datacomp_metadata import iter_metadata_rows
+
+        parquet, npz = part
+        rows = list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None))
+    else:       # <output of a score run>/scores/<stem>.parquet, embeddings beside in that output
+        import posixpath
+
+        up = posixpath.dirname if "://" in part else os.path.dirname
+        rows = tables.read_rows(part, OutputLayout(up(up(part))).embeddings(part))
+    rows = [decide_locally(r, select_stages) for r in rows]
+    kept = None
+    if rows:
+        kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,
+                                  metadata=metadata)
+    counts = Counter({"rows_read": len(rows)})
+    for r in rows:
+        counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
+    return ShardResult(kept, [], counts, {})
 
 
 def process_shard_path(path: str, feature_stages, select_stages, layout: OutputLayout, metadata: dict,

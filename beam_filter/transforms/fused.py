@@ -1,4 +1,4 @@
-"""The fused fast path: one shard in, its scores and decisions files out, no shuffle.
+"""The fused fast paths: one shard (or select input part) in, its files out, no shuffle.
 
 When every stage of a recipe is local (a pure per-row rule: no model, no
 global threshold, no grouping), a shard's whole score+select work can happen
@@ -13,7 +13,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_filter.shard_work import ShardResult, StageClock, process_shard_path
+from beam_filter.shard_work import ShardResult, StageClock, process_shard_path, select_part
 from beam_filter.transforms.local_pool import LocalPoolDoFn
 from beam_filter.transforms.score import FILE_ERRORS, NAMESPACE, flush_clock
 
@@ -38,3 +38,19 @@ class FusedShardFn(LocalPoolDoFn):
             yield beam.pvalue.TaggedOutput(FILE_ERRORS, e)
         if result.kept is not None and self.args[1] is not None:      # decisions were made
             yield result.kept
+
+
+class FusedSelectFn(LocalPoolDoFn):
+    """Input part (scores file or metadata pair) -> its decisions file, via shard_work.select_part."""
+
+    work = staticmethod(select_part)
+
+    def __init__(self, select_stages, layout, metadata, embeddings=(), processes=0):
+        super().__init__((select_stages, layout, metadata, tuple(embeddings)), processes)
+        self.preload = tuple(type(s).__module__ for s in select_stages)
+
+    def emit(self, part, result: ShardResult):
+        for name, n in sorted(result.counts.items()):
+            if n:
+                Metrics.counter(NAMESPACE, name).inc(n)
+        return ()
