@@ -6,7 +6,7 @@ BF := $(VENV)/bin/beam-filter
 export BEAM_FILTER_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean fuzz
+.PHONY: install demo test test-fast bench clean fuzz
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,13 @@ demo: install
 	$(BF) run --recipe quickstart --input 'sample_pool/*.tar' --output demo_out
 	@echo "open demo_out/report.html"
 
+# Every layer (tests/README.md); what CI runs (.ci/run).
 test: install
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The inner loop: the pure layer only (tests/unit and the pure fault tests), under a minute on 2 cores.
+test-fast: install
+	$(PY) -m pytest -q -n 2 -m unit tests/unit tests/faults
 
 bench: install
 	$(PY) benchmarks/run_all.py --output bench_out

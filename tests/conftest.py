@@ -1,18 +1,82 @@
-"""Shared fixtures: generated sample pools and a helper to run the real CLI in-process.
+"""The one conftest: layer markers by directory, and the fixtures more than one test module uses.
 
-Pools are generated once per test session (they are deterministic), in a
+Layers (tests/README.md): a test's directory names its layer -- tests/unit, tests/beam,
+tests/e2e, tests/infra -- and gets that marker here; tests/faults (the fault-injection
+suite) gets ``faults`` and each of its tests names its layer itself. A collected test
+without exactly one layer marker stops the session.
+
+Test modules never import each other nor this file: what they share is a fixture below.
+Pools and metadata are generated once per test session (they are deterministic), in a
 session temp dir, so tests never depend on files outside the repository.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import pathlib
+import tarfile
+import types
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+TESTS = pathlib.Path(__file__).resolve().parent
+LAYERS = ("unit", "beam", "e2e", "infra")
+
+
+# ---- layers --------------------------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)          # before `-m` deselects anything
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        try:
+            top = pathlib.Path(item.path).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            top = None
+        if top in LAYERS:
+            item.add_marker(getattr(pytest.mark, top))
+        elif top == "faults":
+            item.add_marker(pytest.mark.faults)
+        layers = sorted({m.name for m in item.iter_markers() if m.name in LAYERS})
+        if len(layers) != 1:
+            wrong.append(f"{item.nodeid}: {layers or 'no layer'}")
+    if wrong:
+        raise pytest.UsageError("every test needs exactly one layer marker (tests/README.md):\n  "
+                                + "\n  ".join(wrong))
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU (marked gpu)")
+
+
+# ---- the CLI -------------------------------------------------------------------------------
+
+def _run_cli(*argv) -> int:
+    """Run `beam-filter ARGV` in-process (the pipeline itself still uses worker processes)."""
+    from beam_filter.cli import main
+
+    return main([str(a) for a in argv] + (["--no-progress"] if argv and argv[0] in (
+        "run", "score", "select", "reshard") else []))
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*argv) -> exit code``: the real `beam-filter` command, in this process."""
+    return _run_cli
+
+
+# ---- generated pools -----------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory):
@@ -34,9 +98,224 @@ def clean_pool(tmp_path_factory):
     return str(d), manifest
 
 
-def run_cli(*argv) -> int:
-    """Run `beam-filter ARGV` in-process (the pipeline itself still uses worker processes)."""
-    from beam_filter.cli import main
+def _solid_jpeg(color, size=(48, 36)) -> bytes:
+    from PIL import Image
 
-    return main([str(a) for a in argv] + (["--no-progress"] if argv and argv[0] in (
-        "run", "score", "select", "reshard") else []))
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _write_small_pool(directory, n=10) -> list[str]:
+    """One shard ``directory/00000000.tar`` of ``n`` jpg/txt/json samples; key 3's image is corrupt.
+
+    Returns the uids in key order (md5 of the key).
+    """
+    os.makedirs(directory, exist_ok=True)
+    uids = []
+    with tarfile.open(os.path.join(directory, "00000000.tar"), "w") as t:
+        for i in range(n):
+            key = f"{i:09d}"
+            uid = hashlib.md5(key.encode()).hexdigest()
+            uids.append(uid)
+            img = b"\xff\xd8broken" if i == 3 else _solid_jpeg(((37 * i) % 256, (91 * i) % 256, 60), (64 + i, 48))
+            cap = f"a photo number {i} of a red car near the sea".encode()
+            meta = json.dumps({"uid": uid, "url": f"http://x/{i}", "caption": cap.decode()}).encode()
+            for ext, data in (("jpg", img), ("txt", cap), ("json", meta)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return uids
+
+
+@pytest.fixture(scope="session")
+def write_small_pool():
+    """``write_small_pool(directory, n=10) -> uids``: a one-shard pool for model stages (tiny models
+    are slow per sample); sample 3 has a corrupt image."""
+    return _write_small_pool
+
+
+# ---- images ----------------------------------------------------------------------------------
+
+def _original(rng, w=256, h=192):
+    """A synthetic photo: a colour gradient with a few filled ellipses and rectangles."""
+    from PIL import Image, ImageDraw
+
+    t = np.linspace(0, 1, w)[None, :, None]
+    a = rng.random(3) * 255 * (1 - t) + rng.random(3) * 255 * t
+    img = Image.fromarray(np.broadcast_to(a, (h, w, 3)).astype("uint8"))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = [x0, y0, x0 + int(rng.integers(20, 140)), y0 + int(rng.integers(20, 120))]
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    return img
+
+
+def _jpeg(img, quality=90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _variants(img, rng):
+    """Near-duplicates of ``img`` as JPEG bytes: resized, recompressed, blurred."""
+    from PIL import Image, ImageFilter
+
+    w, h = img.size
+    s = rng.uniform(0.4, 0.8)
+    yield _jpeg(img.resize((int(w * s), int(h * s)), Image.Resampling.BILINEAR), 85)   # resized
+    yield _jpeg(img, int(rng.integers(20, 50)))                                         # recompressed
+    yield _jpeg(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.5))), 90)       # blurred
+
+
+@pytest.fixture(scope="session")
+def near_dup_images():
+    """Image makers for near-duplicate tests: ``original(rng)`` (a PIL image), ``jpeg(img, quality=90)``
+    and ``variants(img, rng)`` (its resized, recompressed and blurred JPEGs)."""
+    return types.SimpleNamespace(original=_original, jpeg=_jpeg, variants=_variants)
+
+
+def _photo(rng, w, h, mode="RGB"):
+    """A photo-like image: smooth gradient, a few shapes, mild noise (JPEG-friendly)."""
+    from PIL import Image, ImageDraw
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (w + h) * 255], -1)
+    base = base * rng.uniform(0.3, 1.0, 3) + rng.uniform(0, 80, 3)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, w), rng.integers(0, h)
+        x1, y1 = x0 + rng.integers(w // 8 + 1, w // 2 + 2), y0 + rng.integers(h // 8 + 1, h // 2 + 2)
+        d.ellipse((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-8, 9, (h, w, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def _encode(img, fmt="JPEG", **kw) -> bytes:
+    b = io.BytesIO()
+    img.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+@pytest.fixture(scope="session")
+def clip_images():
+    """Encoded images for CLIP preprocessing: sizes (small, odd crop excess, large enough for JPEG
+    draft), modes (L, CMYK, RGBA, P) and formats (progressive JPEG, PNG, GIF)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for w, h in [(64, 64), (97, 64), (300, 201), (201, 300), (640, 427), (1031, 700), (90, 40)]:
+        out.append(_encode(_photo(rng, w, h), quality=90))
+    out.append(_encode(_photo(rng, 400, 301), quality=85, progressive=True))
+    out.append(_encode(_photo(rng, 260, 180, "L"), quality=90))
+    out.append(_encode(_photo(rng, 333, 250, "CMYK"), quality=90))
+    out.append(_encode(_photo(rng, 150, 123).convert("RGBA"), "PNG"))
+    out.append(_encode(_photo(rng, 120, 77).convert("P"), "GIF"))
+    return out
+
+
+# ---- DataComp metadata and an independent reference of its baselines -------------------------
+
+DATACOMP_ROWS = 2400
+
+
+class DataCompReference:
+    """baselines.py's rules over a pandas frame of the metadata (+ npz features).
+
+    Re-implements DataComp's baselines in a few lines of pandas/numpy, calling fastText, gcld3
+    and numpy directly -- never the beam_filter rule or stage code under test. (text_based's
+    WordNet lookup is the one shared piece: ``rules.wordnet`` is checked in tests/unit/test_rules.py.)
+    """
+
+    def __init__(self, directory: str):
+        import glob
+
+        import fasttext
+        import gcld3
+        import pandas as pd
+
+        from beam_filter.rules.language import bundled_lid_model_path  # only to find the model file
+
+        parts = sorted(glob.glob(os.path.join(directory, "*.parquet")))
+        self.df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        self.feats = {k: np.concatenate([np.load(p[:-8] + ".npz")[k] for p in parts])
+                      for k in ("l14_img", "b32_img")}
+        model = fasttext.load_model(bundled_lid_model_path())
+        labels = [model.predict(t.replace("\n", " "), k=1)[0] for t in self.df.text]
+        self.fasttext_en = np.array([lab[0].replace("__label__", "") == "en" for lab in labels])
+        cld3 = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+        self.cld3_en = np.array([cld3.FindLanguage(text=t.replace("\n", " ")).language == "en"
+                                 for t in self.df.text])
+
+    def uids(self, mask) -> set[str]:
+        return set(self.df.uid[np.asarray(mask, dtype=bool)])
+
+    def basic(self):
+        words = self.df.text.apply(lambda t: len(t.split()))
+        chars = self.df.text.apply(len)
+        w, h = self.df.original_width, self.df.original_height
+        side = np.minimum(w, h)
+        aspect = np.maximum(w, h) / side
+        return self.fasttext_en & (words > 2) & (chars > 5) & (side >= 200) & (aspect <= 3.0)
+
+    def clip_score(self, arch: str, threshold=None, fraction=None):
+        scores = self.df[f"clip_{arch}_similarity_score"].to_numpy()
+        if fraction is not None:
+            n = int(len(scores) * fraction)
+            threshold = -np.sort(-scores)[n]
+        return scores >= threshold
+
+    def laion2b(self):
+        return (self.df.clip_b32_similarity_score >= 0.28).to_numpy() & self.cld3_en
+
+    def caption_prefilter(self):
+        import re
+
+        # fastText's tokenizer: runs of non-whitespace (space, \n, \r, \t, \v, \f, \0); every \n adds </s>.
+        def tokens(t):
+            return len([x for x in re.split(r"[ \n\r\t\v\f\x00]", t) if x]) + t.count("\n")
+        ntok = self.df.text.apply(tokens).to_numpy()
+        chars = self.df.text.apply(len).to_numpy()
+        return self.fasttext_en & (ntok > 1) & (chars > 5)
+
+    def image_based(self, centroids, targets):
+        feats = self.feats["l14_img"].astype(np.float32)
+        nearest = np.argmax(feats @ centroids.astype(np.float32).T, axis=1)
+        return self.caption_prefilter() & np.isin(nearest, targets)
+
+    def text_based(self):
+        from beam_filter.rules.wordnet import caption_has_in21k_synset
+
+        return self.fasttext_en & self.df.text.apply(caption_has_in21k_synset).to_numpy()
+
+
+@pytest.fixture(scope="session")
+def datacomp_meta(tmp_path_factory):
+    """Synthetic DataComp metadata (2,400 rows, 3 parts) with centroids and target clusters.
+
+    A namespace: ``dir`` (``dir/metadata`` holds the parts; ``dir/centroids.npy``,
+    ``dir/targets.npy``), ``ref`` (a DataCompReference), ``centroids``, ``targets``,
+    ``rows`` (the row count) and ``overrides`` (the ``--set`` values image_based needs).
+    """
+    from beam_filter.cluster.centroids import target_centroids
+    from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
+
+    d = tmp_path_factory.mktemp("datacomp_meta")
+    write_synthetic_metadata(str(d / "metadata"), DATACOMP_ROWS, seed=11, parts=3)
+    ref = DataCompReference(str(d / "metadata"))
+    # 64 centroids: some from the pool's own features, some random; "ImageNet" = a few pool
+    # images plus noise, so some but not all centroids are targets.
+    rng = np.random.default_rng(0)
+    feats = ref.feats["l14_img"].astype(np.float32)
+    cents = np.concatenate([feats[rng.choice(len(feats), 40, replace=False)],
+                            rng.normal(size=(24, 768)).astype(np.float32) / 28])
+    imagenet = feats[rng.choice(len(feats), 30, replace=False)] + rng.normal(size=(30, 768)).astype(np.float32) / 60
+    targets = target_centroids(cents, imagenet)
+    np.save(d / "centroids.npy", cents)
+    np.save(d / "targets.npy", targets)
+    return types.SimpleNamespace(
+        dir=str(d), ref=ref, centroids=cents, targets=targets, rows=DATACOMP_ROWS,
+        overrides=[f"image_based.centroids={d}/centroids.npy", f"image_based.targets={d}/targets.npy"])

@@ -14,7 +14,7 @@ them directly takes ~1 s once per worker, adds no dependency, and avoids nltk
 exactly: lowercase; parts of speech in the order noun, verb, adjective, adverb;
 for each, ``_morphy`` (exception list first, else the word and its rule-based
 detachments, applied repeatedly until a lemma is found); offsets in index-file
-order. tests/test_rules.py checks this against nltk when nltk is installed.
+order. tests/unit/test_rules.py checks this against nltk when nltk is installed.
 
 WordNet 3.0 database files are looked up in: the ``wordnet_dir`` argument, the
 ``BEAM_FILTER_WORDNET_DIR`` environment variable, Debian/Ubuntu's package

@@ -13,6 +13,10 @@ import importlib.util
 import os
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

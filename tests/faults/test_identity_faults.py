@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+pytestmark = pytest.mark.e2e
+
 
 UID_HIGH = "f" * 32          # sorts after UID_LOW: exact dedup's survivor is the smallest uid
 UID_LOW = "0" * 31 + "1"
@@ -58,7 +59,7 @@ def _shard_keys(out):
     return keys
 
 
-def test_shared_uid_does_not_share_a_dedup_verdict(tmp_path):
+def test_shared_uid_does_not_share_a_dedup_verdict(tmp_path, run_cli):
     red, blue = _jpeg((220, 20, 20)), _jpeg((20, 20, 220))
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -76,7 +77,7 @@ def test_shared_uid_does_not_share_a_dedup_verdict(tmp_path):
     assert sorted(k.split(".")[0] for k in _shard_keys(out)) == ["b"] * 3 + ["c"] * 3
 
 
-def test_two_kept_samples_sharing_a_uid_are_both_written_and_reported(tmp_path):
+def test_two_kept_samples_sharing_a_uid_are_both_written_and_reported(tmp_path, run_cli):
     pool = tmp_path / "pool"
     pool.mkdir()
     _write_tar(str(pool / "00000000.tar"), [
@@ -93,7 +94,7 @@ def test_two_kept_samples_sharing_a_uid_are_both_written_and_reported(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_pools(tmp_path_factory):
+def two_pools(tmp_path_factory, run_cli):
     """Two pools with the same shard and key names but different samples, and decisions for the first."""
     from beam_filter.devtools.sample_pool import make_sample
 
@@ -132,7 +133,7 @@ def test_reshard_reads_only_the_given_inputs(two_pools, tmp_path):
     assert len(err) == 1 and "among --input" in err[0], err
 
 
-def test_reshard_of_its_own_pool_still_writes_every_kept_sample(two_pools, tmp_path):
+def test_reshard_of_its_own_pool_still_writes_every_kept_sample(two_pools, tmp_path, run_cli):
     first, _, decided = two_pools
     out = str(tmp_path / "resharded")
     assert run_cli("reshard", "--decisions", decided, "--input", f"{first}/*.tar", "--output", out,

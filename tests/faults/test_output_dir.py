@@ -18,16 +18,19 @@ import time
 
 import pytest
 
-from conftest import run_cli
 
 MARKER = ".beam_filter_output"
 
 
-def in_process(capsys, *argv):
-    """Run the CLI in this process (refusals come before Beam starts: no subprocess needed)."""
-    capsys.readouterr()
-    code = run_cli(*argv)
-    return code, "", capsys.readouterr().err
+@pytest.fixture
+def in_process(run_cli, capsys):
+    """``in_process(*argv) -> (code, "", stderr)``: the CLI in this process (refusals come before
+    Beam starts: no subprocess needed)."""
+    def run(*argv):
+        capsys.readouterr()
+        code = run_cli(*argv)
+        return code, "", capsys.readouterr().err
+    return run
 
 
 def one_line_error(code, err, expected_code=2):
@@ -53,21 +56,23 @@ def run_args(pool_dir, out, *extra):
 
 # ---- case 1: ownership, own files only, inputs ----------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
-def test_output_holding_the_input_shards_is_refused(clean_pool, tmp_path, flag, capsys):
+def test_output_holding_the_input_shards_is_refused(clean_pool, tmp_path, flag, in_process):
     pool_dir, _ = clean_pool
     pool = tmp_path / "pool"
     shutil.copytree(pool_dir, pool)
     before = tree(pool)
     for out in (pool, tmp_path):                     # the shards' dir, and a dir above it
-        code, _, err = in_process(capsys, *run_args(pool, out, flag))
+        code, _, err = in_process(*run_args(pool, out, flag))
         line = one_line_error(code, err)
         assert f"--output {out} contains the input shard" in line
     assert tree(pool) == before
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
-def test_directory_not_created_by_beam_filter_is_not_touched(clean_pool, tmp_path, flag, capsys):
+def test_directory_not_created_by_beam_filter_is_not_touched(clean_pool, tmp_path, flag, in_process):
     pool_dir, _ = clean_pool
     out = tmp_path / "mine"
     (out / "shards").mkdir(parents=True)
@@ -76,13 +81,14 @@ def test_directory_not_created_by_beam_filter_is_not_touched(clean_pool, tmp_pat
     (out / "decisions" / "notes.txt").write_text("notes")
     (out / "report.json").write_text("{}")           # even names beam-filter would write
     before = tree(out)
-    code, _, err = in_process(capsys, *run_args(pool_dir, out, flag))
+    code, _, err = in_process(*run_args(pool_dir, out, flag))
     line = one_line_error(code, err)
     assert f"--output {out} is not empty and was not created by beam-filter" in line and flag in line
     assert tree(out) == before
 
 
-def test_overwrite_deletes_only_beam_filter_files(clean_pool, tmp_path, capsys):
+@pytest.mark.e2e
+def test_overwrite_deletes_only_beam_filter_files(clean_pool, tmp_path, capsys, run_cli, in_process):
     pool_dir, _ = clean_pool
     out = tmp_path / "out"
     assert run_cli(*run_args(pool_dir, out)) == 0
@@ -94,7 +100,7 @@ def test_overwrite_deletes_only_beam_filter_files(clean_pool, tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     (out / "decisions" / "notes.txt").write_text("mine too")
     before = tree(out)
-    code, _, err = in_process(capsys, *run_args(pool_dir, out, "--overwrite"))
+    code, _, err = in_process(*run_args(pool_dir, out, "--overwrite"))
     line = one_line_error(code, err)
     assert "holds 2 file(s) beam-filter did not write" in line
     assert "decisions/notes.txt" in line and "notes.txt" in line
@@ -108,27 +114,29 @@ def test_overwrite_deletes_only_beam_filter_files(clean_pool, tmp_path, capsys):
     assert (out / MARKER).exists() and (out / "uids.npy").exists()
 
 
-def test_output_overlapping_an_input_directory_is_refused(clean_pool, tmp_path, capsys):
+@pytest.mark.e2e
+def test_output_overlapping_an_input_directory_is_refused(clean_pool, tmp_path, run_cli, in_process):
     pool_dir, _ = clean_pool
     ran = tmp_path / "ran"
     assert run_cli(*run_args(pool_dir, ran)) == 0
     before = tree(ran)
     for out in (ran, ran / "sub", tmp_path):
-        code, _, err = in_process(capsys, "select", "--recipe", "datacomp_basic", "--scores", ran,
+        code, _, err = in_process("select", "--recipe", "datacomp_basic", "--scores", ran,
                                   "--output", out, "--overwrite")
         assert f"--output {out} overlaps the input directory {ran}" in one_line_error(code, err)
-    code, _, err = in_process(capsys, "reshard", "--decisions", ran, "--input", f"{pool_dir}/*.tar",
+    code, _, err = in_process("reshard", "--decisions", ran, "--input", f"{pool_dir}/*.tar",
                               "--output", ran / "resharded")
     assert "overlaps the input directory" in one_line_error(code, err)
     # a symlink to an input directory is the same directory
     link = tmp_path / "link"
     os.symlink(ran, link)
-    code, _, err = in_process(capsys, "select", "--recipe", "datacomp_basic", "--scores", ran,
+    code, _, err = in_process("select", "--recipe", "datacomp_basic", "--scores", ran,
                               "--output", link, "--overwrite")
     assert "overlaps the input directory" in one_line_error(code, err)
     assert tree(ran) == before
 
 
+@pytest.mark.unit
 def test_remote_paths_overlap_by_normalised_prefix():
     from beam_filter.errors import UserError
     from beam_filter.output_dir import check_no_overlap
@@ -143,11 +151,12 @@ def test_remote_paths_overlap_by_normalised_prefix():
                      input_dirs=["gs://bucket/out", "/bucket/out2"])        # prefixes, not paths
 
 
-def test_make_sample_overwrite_follows_the_same_rule(clean_pool, tmp_path, capsys):
+@pytest.mark.e2e
+def test_make_sample_overwrite_follows_the_same_rule(clean_pool, tmp_path, run_cli, in_process):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "00000000.tar").write_bytes(b"not beam-filter's")
-    code, _, err = in_process(capsys, "make-sample", "--output", mine, "--samples", "20", "--overwrite")
+    code, _, err = in_process("make-sample", "--output", mine, "--samples", "20", "--overwrite")
     assert "was not created by beam-filter" in one_line_error(code, err)
     assert (mine / "00000000.tar").read_bytes() == b"not beam-filter's"
 
@@ -157,7 +166,7 @@ def test_make_sample_overwrite_follows_the_same_rule(clean_pool, tmp_path, capsy
     assert run_cli("make-sample", "--output", pool, "--samples", "20", "--overwrite") == 0
     assert [os.path.basename(p) for p in sorted(glob.glob(str(pool / "*.tar")))] == ["00000000.tar"]
     # a sample pool is not a run's output: --resume refuses it
-    code, _, err = in_process(capsys, *run_args(clean_pool[0], pool, "--resume"))
+    code, _, err = in_process(*run_args(clean_pool[0], pool, "--resume"))
     assert "--resume needs the output of an earlier run" in one_line_error(code, err)
 
 
@@ -219,8 +228,9 @@ def _wait_for(predicate, timeout, proc):
     return False
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock and /proc")
-def test_second_run_on_the_same_output_is_refused(many_shards, tmp_path, capsys):
+def test_second_run_on_the_same_output_is_refused(many_shards, tmp_path, capsys, run_cli):
     out = tmp_path / "out"
     first = _start_run(many_shards, out)
     try:
@@ -243,8 +253,9 @@ def test_second_run_on_the_same_output_is_refused(many_shards, tmp_path, capsys)
     assert (out / "report.json").exists()        # the refused --overwrite deleted nothing
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
-def test_kill_9_leaves_no_workers_and_no_lock(many_shards, tmp_path):
+def test_kill_9_leaves_no_workers_and_no_lock(many_shards, tmp_path, run_cli):
     out = tmp_path / "out"
     proc = _start_run(many_shards, out)
     try:

@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
 
 SHARDS = {  # case -> source shard name
     "uid": "00000001.tar",
@@ -185,7 +184,7 @@ def _build_pool(d: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
+def hostile(tmp_path_factory, run_cli):
     d = str(tmp_path_factory.mktemp("hostile_pool"))
     expect = _build_pool(d)
     outs = {}
@@ -223,6 +222,7 @@ def _source_members(path: str) -> list[tuple[str, bytes | None]]:
         return [(m.name, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_row_of_the_hostile_pool(hostile, recipe):
     """The job finished; every shard has its control row kept; parquet has the warning column."""
@@ -238,6 +238,7 @@ def test_every_row_of_the_hostile_pool(hostile, recipe):
 
 # ---------------------------------------------------------------- 1. uids
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_1_bad_uid_is_a_reason_with_a_stable_uid(hostile, recipe):
     from beam_filter.uids import stable_uid, uid_to_pair
@@ -256,6 +257,7 @@ def test_1_bad_uid_is_a_reason_with_a_stable_uid(hostile, recipe):
 
 # ---------------------------------------------------------------- 2. absurd sizes
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_2_non_finite_or_absurd_original_size_falls_back_to_the_header(hostile, recipe):
     _, outs, _ = hostile
@@ -265,6 +267,7 @@ def test_2_non_finite_or_absurd_original_size_falls_back_to_the_header(hostile, 
         assert rows[key]["kept"], (key, rows[key]["reason"])
 
 
+@pytest.mark.unit
 def test_2_reader_ignores_implausible_sizes():
     from beam_filter.reading import build_sample
 
@@ -282,6 +285,7 @@ def test_2_reader_ignores_implausible_sizes():
 
 # ---------------------------------------------------------------- 3. deep json, safety nets
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_3_deep_json_is_bad_json(hostile, recipe):
     from beam_filter.uids import stable_uid
@@ -292,6 +296,7 @@ def test_3_deep_json_is_bad_json(hostile, recipe):
     assert row["uid"] == stable_uid(os.path.join(d, SHARDS["deep"]), "deep")
 
 
+@pytest.mark.unit
 def test_3_reader_deep_json_direct(tmp_path):
     from beam_filter.reading import read_shard
 
@@ -301,6 +306,7 @@ def test_3_reader_deep_json_direct(tmp_path):
     assert samples["deep"].error == "bad_json" and samples["after"].error is None
 
 
+@pytest.mark.unit
 def test_3_unexpected_failure_while_building_a_sample_is_unreadable_sample():
     from beam_filter.reading import build_sample
     from beam_filter.uids import stable_uid
@@ -311,6 +317,7 @@ def test_3_unexpected_failure_while_building_a_sample_is_unreadable_sample():
     assert s.key == "odd" and s.features["sha256"] is None
 
 
+@pytest.mark.unit
 def test_3_a_stage_features_hook_that_raises_becomes_feature_error(tmp_path, caplog):
     """Through shard_work.process_shard: the function the fused pipeline runs per shard."""
     from beam_filter.recipe import load_recipe
@@ -353,6 +360,7 @@ def test_3_a_stage_features_hook_that_raises_becomes_feature_error(tmp_path, cap
 
 # ---------------------------------------------------------------- 4. unsafe member names
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_4_unsafe_member_names_are_dropped_and_never_written(hostile, recipe):
     from beam_filter.tar_io import printable_name, unsafe_name_reason
@@ -373,6 +381,7 @@ def test_4_unsafe_member_names_are_dropped_and_never_written(hostile, recipe):
     assert not hostile_bytes & set(written.values())
 
 
+@pytest.mark.unit
 def test_4_unsafe_name_reason():
     from beam_filter.tar_io import printable_name, unsafe_name_reason
 
@@ -388,6 +397,7 @@ def test_4_unsafe_name_reason():
 
 # ---------------------------------------------------------------- 5. non-regular members
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_5_keys_of_only_non_regular_members_get_a_row(hostile, recipe):
     _, outs, _ = hostile
@@ -403,6 +413,7 @@ def test_5_keys_of_only_non_regular_members_get_a_row(hostile, recipe):
 
 # ---------------------------------------------------------------- 6. member-name case
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_6_member_names_keep_their_case(hostile, recipe):
     d, outs, expect = hostile
@@ -418,6 +429,7 @@ def test_6_member_names_keep_their_case(hostile, recipe):
 
 # ---------------------------------------------------------------- 7. duplicate keys
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_7_duplicate_keys_are_renamed_and_all_written(hostile, recipe):
     d, outs, _ = hostile
@@ -445,6 +457,7 @@ def test_7_duplicate_keys_are_renamed_and_all_written(hostile, recipe):
         assert rows[out_key]["uid"] == json.loads(members["json"])["uid"]
 
 
+@pytest.mark.e2e
 def test_7_report_thumbnails_find_renamed_samples(hostile):
     from beam_filter.report.thumbnails import read_members
 
@@ -458,6 +471,7 @@ def test_7_report_thumbnails_find_renamed_samples(hostile):
         assert found[key]["jpg"] == images[i], key
 
 
+@pytest.mark.unit
 def test_7_iter_tar_groups_names_alike_with_and_without_wanted(tmp_path):
     from beam_filter.tar_io import iter_tar_groups
 
@@ -475,6 +489,7 @@ def test_7_iter_tar_groups_names_alike_with_and_without_wanted(tmp_path):
 
 # ---------------------------------------------------------------- 8. decompression bombs
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_8_decompression_bomb_is_image_too_large(hostile, recipe):
     _, outs, _ = hostile
@@ -483,6 +498,7 @@ def test_8_decompression_bomb_is_image_too_large(hostile, recipe):
         assert (rows[key]["reason"], rows[key]["kept"]) == ("image_too_large", False), key
 
 
+@pytest.mark.unit
 def test_8_probe_and_clip_decode_say_image_too_large():
     from beam_filter.models.image_prep import CpuImagePrep, PrepConfig
     from beam_filter.rules.image_header import probe_image
@@ -499,6 +515,7 @@ def test_8_probe_and_clip_decode_say_image_too_large():
 
 # ---------------------------------------------------------------- 9. disk full
 
+@pytest.mark.unit
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("size", [10, 1 << 20])   # fails at close (buffered) / at write
 def test_9_atomic_writer_removes_its_temp_file_when_the_disk_is_full(tmp_path, size):
@@ -516,7 +533,8 @@ def test_9_atomic_writer_removes_its_temp_file_when_the_disk_is_full(tmp_path, s
 
 # ---------------------------------------------------------------- 10. huge caption in the report
 
-def test_10_a_10mb_caption_does_not_make_a_10mb_report(tmp_path):
+@pytest.mark.e2e
+def test_10_a_10mb_caption_does_not_make_a_10mb_report(tmp_path, run_cli):
     d = tmp_path / "pool"
     d.mkdir()
     mk = _Maker()

@@ -10,6 +10,8 @@ import pytest
 from beam_filter.reading import FileError, read_shard
 from beam_filter.tar_io import ShardError, iter_tar_groups
 
+pytestmark = pytest.mark.unit
+
 
 def _tar(n=30, payload=4000) -> bytes:
     buf = io.BytesIO()

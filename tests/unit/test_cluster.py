@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
 
 from beam_filter.cluster import alignment, kmeans, near_dup, semdedup
 from beam_filter.errors import UserError
@@ -157,48 +155,23 @@ def test_split_cuts_bound_parts():
 
 # ---- near duplicates ------------------------------------------------------------
 
-def _original(rng, w=256, h=192):
-    t = np.linspace(0, 1, w)[None, :, None]
-    a = rng.random(3) * 255 * (1 - t) + rng.random(3) * 255 * t
-    img = Image.fromarray(np.broadcast_to(a, (h, w, 3)).astype("uint8"))
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 9))):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        box = [x0, y0, x0 + int(rng.integers(20, 140)), y0 + int(rng.integers(20, 120))]
-        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-    return img
+def test_phash_matches_imagehash(near_dup_images):
+    import imagehash
 
-
-def _jpeg(img, quality=90):
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _variants(img, rng):
-    w, h = img.size
-    s = rng.uniform(0.4, 0.8)
-    yield _jpeg(img.resize((int(w * s), int(h * s)), Image.Resampling.BILINEAR), 85)   # resized
-    yield _jpeg(img, int(rng.integers(20, 50)))                                         # recompressed
-    yield _jpeg(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.5))), 90)       # blurred
-
-
-def test_phash_matches_imagehash():
-    imagehash = pytest.importorskip("imagehash")
     rng = np.random.default_rng(0)
     for _ in range(5):
-        img = _original(rng)
+        img = near_dup_images.original(rng)
         ours = int(near_dup.as_u64([near_dup.phash_image(img)])[0])
         assert f"{ours:016x}" == str(imagehash.phash(img))
 
 
-def test_near_dup_precision_recall_on_generated_duplicates():
+def test_near_dup_precision_recall_on_generated_duplicates(near_dup_images):
+    im = near_dup_images
     rng = np.random.default_rng(7)
     uids, hashes, group = [], [], []
     for g in range(80):
-        img = _original(rng)
-        for k, data in enumerate([_jpeg(img)] + list(_variants(img, rng))):
+        img = im.original(rng)
+        for k, data in enumerate([im.jpeg(img)] + list(im.variants(img, rng))):
             uids.append(f"{g:03d}-{k}")
             hashes.append(near_dup.phash_bytes(data))
             group.append(g)
@@ -246,17 +219,18 @@ def test_survivor_rule_and_transitive_groups():
     assert out == {"z": "y"}
 
 
-def test_eval_index_and_loading(tmp_path):
+def test_eval_index_and_loading(tmp_path, near_dup_images):
+    im = near_dup_images
     rng = np.random.default_rng(11)
-    imgs = [_original(rng) for _ in range(4)]
+    imgs = [im.original(rng) for _ in range(4)]
     for i, img in enumerate(imgs):
         img.save(tmp_path / f"eval_{i}.png")
     h, ids = near_dup.load_eval_hashes(str(tmp_path))
     assert ids == [f"eval_{i}" for i in range(4)]
     index = near_dup.EvalIndex(h, ids, tolerance=4)
-    variant = next(_variants(imgs[2], rng))
+    variant = next(im.variants(imgs[2], rng))
     assert index.match(near_dup.phash_bytes(variant)) == "eval_2"
-    assert index.match(near_dup.phash_bytes(_jpeg(_original(rng)))) is None
+    assert index.match(near_dup.phash_bytes(im.jpeg(im.original(rng)))) is None
     np.save(tmp_path / "h.npy", h.view(np.uint64))
     h2, ids2 = near_dup.load_eval_hashes(str(tmp_path / "h.npy"))
     assert np.array_equal(h2, h) and ids2 == ["0", "1", "2", "3"]

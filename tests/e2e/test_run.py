@@ -6,14 +6,14 @@ import glob
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-
-from conftest import run_cli
 
 
 def read_decisions(out: str) -> list[dict]:
@@ -63,7 +63,7 @@ def datacomp_basic_keeps(members: dict[str, bytes]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def basic_run(pool, tmp_path_factory):
+def basic_run(pool, tmp_path_factory, run_cli):
     pool_dir, _ = pool
     out = str(tmp_path_factory.mktemp("run") / "out")
     assert run_cli("run", "--recipe", "datacomp_basic", "--input", f"{pool_dir}/*.tar", "--output", out,
@@ -148,7 +148,7 @@ def test_output_shards_are_byte_identical_samples(basic_run):
     assert meta["samples"] == len(kept)
 
 
-def test_second_run_is_byte_identical(basic_run, tmp_path):
+def test_second_run_is_byte_identical(basic_run, tmp_path, run_cli):
     pool_dir, out = basic_run
     out2 = str(tmp_path / "again")
     assert run_cli("run", "--recipe", "datacomp_basic", "--input", f"{pool_dir}/*.tar", "--output", out2,
@@ -163,10 +163,8 @@ def test_second_run_is_byte_identical(basic_run, tmp_path):
             assert a.read() == b.read(), name
 
 
-def test_resume_reuses_scores(basic_run, tmp_path):
+def test_resume_reuses_scores(basic_run, tmp_path, run_cli):
     pool_dir, out = basic_run
-    import shutil
-
     work = str(tmp_path / "resume")
     shutil.copytree(out, work)
     before = {f: os.stat(f).st_mtime_ns for f in glob.glob(os.path.join(work, "scores", "*.parquet"))}
@@ -178,7 +176,7 @@ def test_resume_reuses_scores(basic_run, tmp_path):
         assert open(f, "rb").read() == open(os.path.join(work, "decisions", os.path.basename(f)), "rb").read()
 
 
-def test_pool_with_no_readable_shard_reports_file_errors(tmp_path):
+def test_pool_with_no_readable_shard_reports_file_errors(tmp_path, run_cli):
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "00000000.tar").write_bytes(b"<html>403 Forbidden</html>" * 40)
@@ -191,7 +189,7 @@ def test_pool_with_no_readable_shard_reports_file_errors(tmp_path):
     assert json.load(open(out / "shards" / "meta.json"))["samples"] == 0
 
 
-def test_score_fused_per_shard_equals_the_general_graph(pool, tmp_path):
+def test_score_fused_per_shard_equals_the_general_graph(pool, tmp_path, run_cli):
     """`score` of a recipe without a model runs fused per shard (features only, a process pool);
     its files are the general graph's, byte for byte, for a recipe with a group stage too."""
     pool_dir, _ = pool
@@ -210,3 +208,29 @@ def test_score_fused_per_shard_equals_the_general_graph(pool, tmp_path):
             with open(os.path.join(fused, name), "rb") as a, open(os.path.join(general, name), "rb") as b:
                 assert a.read() == b.read(), (recipe, name)
         assert not os.path.exists(os.path.join(fused, "decisions"))
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (make install installs it)")
+def test_report_renders_in_headless_chromium(basic_run, tmp_path):
+    """The run's report.html (thumbnails, plots and all) renders in a real browser, offline."""
+    _, out = basic_run
+    shot = str(tmp_path / "shot.png")
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+           "file://" + os.path.abspath(os.path.join(out, "report.html"))]
+    subprocess.run(cmd, check=False, timeout=120, capture_output=True)
+    assert os.path.exists(shot), "chromium wrote no screenshot"
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert img.shape == (2000, 1280)
+    assert img.std() > 20, "screenshot is blank"
+    # the dark header band is drawn at the top, the light page below it
+    assert img[:150].mean() < 120 < img[600:].mean()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 import string
 
+import open_clip
 import pytest
 import torch
+from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
-open_clip = pytest.importorskip("open_clip")
-from open_clip.tokenizer import SimpleTokenizer, _clean_lower  # noqa: E402
-
-from beam_filter.models.clip_tokenizer import CachedClipTokenizer, fast_tokenizer  # noqa: E402
+from beam_filter.models.clip_tokenizer import CachedClipTokenizer, fast_tokenizer
 
 TRICKY = [
     "", " ", "a photo of a dog", "A PHOTO Of A Dog!!", "  leading and   inner   spaces  ",

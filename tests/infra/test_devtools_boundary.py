@@ -14,12 +14,9 @@ import sys
 
 import beam_filter
 
-# Transitional re-export of beam_filter.devtools.sample_pool, to be deleted once cli.py imports devtools.
-SHIMS = ()
-
 _PROBE = r"""
 import importlib, os, sys
-root, shims = sys.argv[1], set(sys.argv[2:])
+root = sys.argv[1]
 mods = []
 for d, dirs, files in os.walk(root):
     dirs[:] = sorted(x for x in dirs if x not in ("devtools", "__pycache__"))
@@ -28,8 +25,6 @@ for d, dirs, files in os.walk(root):
             rel = os.path.relpath(os.path.join(d, f), os.path.dirname(root))[:-3].replace(os.sep, ".")
             mods.append(rel[: -len(".__init__")] if rel.endswith(".__init__") else rel)
 for m in mods:
-    if m in shims:
-        continue
     importlib.import_module(m)
     if "beam_filter.devtools" in sys.modules:
         print("IMPORTS_DEVTOOLS", m)
@@ -41,7 +36,7 @@ print("MODULES", len(mods))
 def test_no_product_module_imports_devtools():
     root = os.path.dirname(beam_filter.__file__)
     env = {**os.environ, "BEAM_FILTER_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, root, *SHIMS], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _PROBE, root], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "IMPORTS_DEVTOOLS" not in proc.stdout, proc.stdout

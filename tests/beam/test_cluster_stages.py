@@ -86,21 +86,20 @@ class _Verdicts(beam.PTransform):
                 | beam.Map(lambda kv: (token_uid(kv[0]), Verdict(kv[1].reason, kv[1].copies))))
 
 
-def _image_rows(rng, n_orig=12):
-    from test_cluster import _jpeg, _original, _variants
-
+def _image_rows(images, rng, n_orig=12):
+    """Rows and image bytes of ``n_orig`` originals, each followed by its near-duplicates."""
     rows, blobs = [], []
     for g in range(n_orig):
-        img = _original(rng)
-        for k, data in enumerate([_jpeg(img)] + list(_variants(img, rng))):
+        img = images.original(rng)
+        for k, data in enumerate([images.jpeg(img)] + list(images.variants(img, rng))):
             blobs.append(data)
             rows.append({"uid": f"{g:02d}{k}".rjust(32, "0"), "q": float(rng.random())})
     return rows, blobs
 
 
-def test_near_dedup_stage_features_and_verdicts_match_pure():
+def test_near_dedup_stage_features_and_verdicts_match_pure(near_dup_images):
     rng = np.random.default_rng(4)
-    rows, blobs = _image_rows(rng)
+    rows, blobs = _image_rows(near_dup_images, rng)
     stage = build_stage("near_dedup", "near_dedup", {"quality": "q"})
     for r, data in zip(rows, blobs):
         r.update(stage.features(Sample(shard="s.tar", key="k", uid=r["uid"], image=data)))
@@ -117,9 +116,9 @@ def test_near_dedup_stage_features_and_verdicts_match_pure():
     _run(rows, lambda: _Verdicts(capped), equal_to(expected))
 
 
-def test_decontamination_in_near_dedup_and_alone(tmp_path):
+def test_decontamination_in_near_dedup_and_alone(tmp_path, near_dup_images):
     rng = np.random.default_rng(9)
-    rows, blobs = _image_rows(rng, n_orig=6)
+    rows, blobs = _image_rows(near_dup_images, rng, n_orig=6)
     for r, data in zip(rows, blobs):
         r["phash"] = near_dup.phash_bytes(data)
     Image.open(io.BytesIO(blobs[4])).save(tmp_path / "eval_a.png")      # original #1 is in the eval set
@@ -203,30 +202,3 @@ def test_select_pipeline_decisions_and_determinism(tmp_path):
     assert 20 <= len(dropped) <= 35 and all(d[4] == "semdedup" for d in dropped)
     assert all(d[3].startswith("semantic_duplicate_of:") for d in dropped)
     assert any(d[2] == 3 for d in decided if d[1]) and all(d[2] == 0 for d in dropped)
-
-
-def test_presets_parse():
-    """Presets validate; while the CLIP helper's stage is not in the checkout, without their clip entry."""
-    import os
-
-    import yaml
-
-    from beam_filter.recipe import PRESETS_DIR, parse_recipe
-    from beam_filter.registry import all_stages
-
-    have_clip = "clip" in all_stages()
-    recipes = {}
-    for name in ("semdedup", "near_dedup", "devil_details"):
-        with open(os.path.join(PRESETS_DIR, f"{name}.yaml")) as f:
-            raw = yaml.safe_load(f)
-        if not have_clip:
-            raw["stages"] = [e for e in raw["stages"] if "clip" not in e]
-        recipes[name] = parse_recipe(raw, source=name)
-    assert recipes["semdedup"].stages[-1].name == "semdedup"
-    assert recipes["near_dedup"].stages[-1].p.quality == "clip_score"
-    names = [s.name for s in recipes["devil_details"].stages]
-    assert names[:3] == ["language", "junk_caption", "image_size"]
-    assert names[-3:] == ["near_dedup", "cluster_importance", "quality_duplication"]
-    assert recipes["devil_details"].stages[2].p.max_aspect == 3.33
-    with pytest.raises(UserError, match="target"):
-        recipes["devil_details"].stages[-2].verdicts(None)

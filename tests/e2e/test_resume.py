@@ -5,14 +5,12 @@ from __future__ import annotations
 import glob
 import os
 
-from conftest import run_cli
-from test_mlm import write_pool
 
-
-def test_rerun_with_resume_skips_every_scored_shard(tmp_path):
+def test_rerun_with_resume_skips_every_scored_shard(tmp_path, run_cli, write_small_pool):
     from beam_filter.stages.mlm import MLMFilter
 
-    pool = os.path.dirname(write_pool(str(tmp_path / "pool")))
+    pool = str(tmp_path / "pool")
+    write_small_pool(pool)
     models = str(tmp_path / "models")
     MLMFilter.write_test_model(models)
     out = str(tmp_path / "out")

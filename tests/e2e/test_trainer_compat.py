@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-from conftest import run_cli
 
 DRIVER = """
 import sys
@@ -19,7 +18,7 @@ main(sys.argv[2:])
 """
 
 
-def test_open_clip_trainer_reads_output_shards(clean_pool, tmp_path):
+def test_open_clip_trainer_reads_output_shards(clean_pool, tmp_path, run_cli):
     from beam_filter.devtools.tiny_models import write_tiny_clip
 
     pool_dir, _ = clean_pool

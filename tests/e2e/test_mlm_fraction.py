@@ -8,15 +8,13 @@ import os
 
 import pyarrow.parquet as pq
 
-from conftest import run_cli
-from test_mlm import write_pool
 
-
-def test_mlm_fraction_keeps_the_rank_n_share(tmp_path):
+def test_mlm_fraction_keeps_the_rank_n_share(tmp_path, run_cli, write_small_pool):
     from beam_filter.rules.thresholds import tiebreak_keep_mask
     from beam_filter.stages.mlm import MLMFilter
 
-    pool = os.path.dirname(write_pool(str(tmp_path / "pool"), n=16))
+    pool = str(tmp_path / "pool")
+    write_small_pool(pool, n=16)
     models = str(tmp_path / "models")
     MLMFilter.write_test_model(models)
     out = str(tmp_path / "out")

@@ -1,4 +1,5 @@
-"""Rule stages: parameters, reason() on rows, features(), and exact_dedup in a real Beam pipeline."""
+"""Rule stages: parameters, reason() on rows, features(); exact_dedup's pure rule (its Beam
+graph: tests/beam/test_exact_dedup.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from beam_filter.errors import UserError
 from beam_filter.records import Sample, Verdict
-from beam_filter.registry import GroupStage, build_stage
+from beam_filter.registry import build_stage
 from beam_filter.uids import save_uids, uids_to_array
 
 
@@ -134,7 +135,7 @@ def test_uid_subset_keep_and_drop(tmp_path):
         stage("uid_subset", path=str(tmp_path / "missing.npy")).reason({"uid": "0" * 32})
 
 
-# ---- exact dedup in Beam -----------------------------------------------------------------
+# ---- exact dedup -----------------------------------------------------------------
 
 def test_duplicate_verdicts_pure():
     from beam_filter.cluster.exact_dup import duplicate_verdicts
@@ -142,28 +143,3 @@ def test_duplicate_verdicts_pure():
     assert duplicate_verdicts("h", ["c", "a", "b", "a"]) == [
         ("b", Verdict("exact_duplicate_of:a")), ("c", Verdict("exact_duplicate_of:a"))]
     assert duplicate_verdicts("h", ["only"]) == []
-
-
-def test_exact_dedup_in_beam_pipeline():
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
-    from apache_beam.testing.util import assert_that, equal_to
-
-    from beam_filter.identity import token_uid
-
-    rows = [
-        {"uid": "u3", "sha256": "aa"}, {"uid": "u1", "sha256": "aa"}, {"uid": "u2", "sha256": "aa"},
-        {"uid": "u4", "sha256": "bb"},
-        {"uid": "u6", "sha256": "cc"}, {"uid": "u5", "sha256": "cc"},
-        {"uid": "u7", "sha256": None},       # unreadable hash: never a duplicate
-        {"uid": "u8"},
-    ]
-    s = stage("exact_dedup")
-    assert isinstance(s, GroupStage)
-    with beam.Pipeline(runner=BundleBasedDirectRunner(),
-                       options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        out = s.verdicts(p | beam.Create(rows)) | beam.Map(lambda kv: (token_uid(kv[0]), kv[1]))
-        assert_that(out, equal_to([
-            ("u2", Verdict("exact_duplicate_of:u1")), ("u3", Verdict("exact_duplicate_of:u1")),
-            ("u6", Verdict("exact_duplicate_of:u5"))]))

@@ -218,14 +218,6 @@ def test_fasttext_tokenizer_semantics():
     assert fasttext_token_count("") == 0
 
 
-def test_fasttext_tokenizer_matches_module_when_available():
-    fasttext = pytest.importorskip("fasttext")
-    if not hasattr(fasttext, "tokenize"):
-        pytest.skip("installed fasttext module (fasttext-predict) has no tokenize()")
-    for text in ["a dog\nruns", "x\u00a0y z", "\n\nab \t c\n"]:
-        assert fasttext_token_count(text) == len(fasttext.tokenize(text))
-
-
 # ---- WordNet (DataComp text_based) -------------------------------------------------
 
 def _tiny_wordnet(root):

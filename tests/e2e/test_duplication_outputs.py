@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from conftest import run_cli
 
 RECIPE = """
 name: dup_test
@@ -19,7 +18,7 @@ stages:
 """
 
 
-def test_copies_reach_uids_and_shards(clean_pool, tmp_path):
+def test_copies_reach_uids_and_shards(clean_pool, tmp_path, run_cli):
     import webdataset as wds
 
     pool_dir, _ = clean_pool

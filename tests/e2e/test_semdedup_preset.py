@@ -7,10 +7,8 @@ import os
 
 import pyarrow.parquet as pq
 
-from conftest import run_cli
 
-
-def test_semdedup_preset_records_clusters_and_reasons(clean_pool, tmp_path):
+def test_semdedup_preset_records_clusters_and_reasons(clean_pool, tmp_path, run_cli):
     from beam_filter.stages.clip import ClipStage
 
     pool_dir, _ = clean_pool

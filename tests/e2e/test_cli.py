@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from conftest import run_cli
-
 
 def cli(*argv, cwd=None):
     proc = subprocess.run([sys.executable, "-m", "beam_filter.cli", *map(str, argv)],
@@ -54,7 +52,7 @@ def test_recipes_lists_presets():
     assert "datacomp_basic" in out and "quickstart" in out
 
 
-def test_overwrite_replaces_output(clean_pool, tmp_path):
+def test_overwrite_replaces_output(clean_pool, tmp_path, run_cli):
     # --overwrite replaces only a beam-filter output (marker file) and only beam-filter's own
     # files (tests/faults/test_output_dir.py): a stale file of an earlier run goes.
     pool_dir, _ = clean_pool
@@ -68,7 +66,7 @@ def test_overwrite_replaces_output(clean_pool, tmp_path):
     assert (out / "uids.npy").exists() and (out / "report.json").exists()
 
 
-def test_set_override_changes_the_rule(clean_pool, tmp_path):
+def test_set_override_changes_the_rule(clean_pool, tmp_path, run_cli):
     import json
 
     pool_dir, _ = clean_pool
