@@ -319,3 +319,23 @@ def datacomp_meta(tmp_path_factory):
     return types.SimpleNamespace(
         dir=str(d), ref=ref, centroids=cents, targets=targets, rows=DATACOMP_ROWS,
         overrides=[f"image_based.centroids={d}/centroids.npy", f"image_based.targets={d}/targets.npy"])
+
+
+def _imports_of(tree):
+    """(line, module) of every import in an ``ast`` tree, at any depth; ``from x import y`` gives x.y too."""
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+@pytest.fixture(scope="session")
+def imports_of():
+    """The import lister the infra tests check layers and the suite layout with."""
+    return _imports_of

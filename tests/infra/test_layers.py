@@ -32,21 +32,9 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, os.path.dirname(ROOT))
 
 
-def _imports(tree: ast.AST):
-    """(line, module) of every import in ``tree``, at any depth; ``from x import y`` gives x.y too."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.lineno, node.module
-            for alias in node.names:
-                yield node.lineno, f"{node.module}.{alias.name}"
-
-
-def _beam_problems(path: str) -> list[str]:
+def _beam_problems(path: str, imports_of) -> list[str]:
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
-    out = [f"{_rel(path)}:{line}: imports {mod}" for line, mod in _imports(tree)
+    out = [f"{_rel(path)}:{line}: imports {mod}" for line, mod in imports_of(tree)
            if mod == "apache_beam" or mod.startswith("apache_beam.")]
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "beam":
@@ -62,8 +50,8 @@ def test_the_files_are_found():
 
 
 @pytest.mark.parametrize("path", STAGES, ids=_rel)
-def test_stage_modules_build_no_beam_graph_themselves(path):
-    assert _beam_problems(path) == []
+def test_stage_modules_build_no_beam_graph_themselves(path, imports_of):
+    assert _beam_problems(path, imports_of) == []
 
 
 @pytest.mark.parametrize("path", STAGES, ids=_rel)
@@ -86,11 +74,11 @@ def test_stages_import_only_ptransforms_from_transforms(path):
 
 
 @pytest.mark.parametrize("path", PURE, ids=_rel)
-def test_pure_modules_import_no_beam_layer(path):
+def test_pure_modules_import_no_beam_layer(path, imports_of):
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
-    bad = [f"{_rel(path)}:{line}: imports {mod}" for line, mod in _imports(tree)
+    bad = [f"{_rel(path)}:{line}: imports {mod}" for line, mod in imports_of(tree)
            if any(mod == p or mod.startswith(p + ".") for p in NOT_IN_PURE)]
-    assert bad == [] and _beam_problems(path) == []
+    assert bad == [] and _beam_problems(path, imports_of) == []
 
 
 def test_pure_and_stage_modules_load_without_beam():
@@ -108,10 +96,10 @@ def test_pure_and_stage_modules_load_without_beam():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_the_check_catches_inline_beam(tmp_path):
+def test_the_check_catches_inline_beam(tmp_path, imports_of):
     bad = tmp_path / "bad_stage.py"
     bad.write_text("def verdicts(self, rows):\n    import apache_beam as beam\n"
                    "    return rows | beam.GroupByKey()\n")
-    problems = _beam_problems(str(bad))
+    problems = _beam_problems(str(bad), imports_of)
     assert any("imports apache_beam" in p for p in problems)
     assert any("uses beam.GroupByKey" in p for p in problems)

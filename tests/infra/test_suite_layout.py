@@ -22,18 +22,6 @@ def _rel(path: pathlib.Path) -> str:
     return str(path.relative_to(TESTS))
 
 
-def _imported(tree: ast.AST):
-    """(line, module) of every import at any depth; ``from x import y`` gives x and x.y."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.lineno, node.module
-            for alias in node.names:
-                yield node.lineno, f"{node.module}.{alias.name}"
-
-
 def _tree(path: pathlib.Path) -> ast.AST:
     return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
@@ -46,18 +34,18 @@ def test_every_module_is_in_a_layer_directory():
     assert [_rel(p) for p in MODULES if not (p.parent.parent == TESTS and p.parent.name in DIRS)] == []
 
 
-def test_no_module_imports_a_test_module_or_conftest():
+def test_no_module_imports_a_test_module_or_conftest(imports_of):
     local = {p.stem for p in TESTS.rglob("*.py")}          # test modules, conftest, faults/fuzz.py
-    bad = [f"{_rel(p)}:{line}: imports {mod}" for p in MODULES for line, mod in _imported(_tree(p))
+    bad = [f"{_rel(p)}:{line}: imports {mod}" for p in MODULES for line, mod in imports_of(_tree(p))
            if mod.split(".")[0] in local]
     assert bad == []
 
 
-def test_unit_modules_run_nothing():
+def test_unit_modules_run_nothing(imports_of):
     bad = []
     for p in (p for p in MODULES if p.parent.name == "unit"):
         tree = _tree(p)
-        bad += [f"{_rel(p)}:{line}: imports {mod}" for line, mod in _imported(tree)
+        bad += [f"{_rel(p)}:{line}: imports {mod}" for line, mod in imports_of(tree)
                 if any(mod == m or mod.startswith(m + ".") for m in NOT_IN_UNIT)]
         bad += [f"{_rel(p)}:{node.lineno}: {node.name} asks for run_cli" for node in ast.walk(tree)
                 if isinstance(node, ast.FunctionDef) and "run_cli" in [a.arg for a in node.args.args]]
