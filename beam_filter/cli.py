@@ -128,8 +128,8 @@ def _errno_line(number: int, text: str, where: str = "") -> str:
 # ---- commands -------------------------------------------------------------------
 
 def cmd_pipeline(args, extra: list[str]) -> int:
+    from beam_filter.job import Job, check_columns
     from beam_filter.output_dir import prepare_output
-    from beam_filter.pipeline import Job, check_columns, run_job
 
     beam_args = _beam_args(extra)
     _check_runner(beam_args)
@@ -177,6 +177,8 @@ def cmd_pipeline(args, extra: list[str]) -> int:
         if not job.decision_files:
             raise UserError(f"--decisions {args.decisions}: no decisions/*.parquet found")
         check_decision_files(job.decision_files)
+    from beam_filter.pipeline import run_job     # imports Beam (~1.2 s): only once the job is valid
+
     lock = prepare_output(job.output, overwrite=args.overwrite, resume=job.resume, command=command,
                           shards=job.shards, input_dirs=input_dirs)
     try:
@@ -220,6 +222,8 @@ def cmd_make_sample(args, extra) -> int:
 
     if args.samples <= 0:
         raise UserError("--samples must be positive")
+    from beam_filter.pipeline import run_job     # imports Beam (~1.2 s): only once the job is valid
+
     lock = prepare_output(args.output, overwrite=args.overwrite, resume=False, command="make-sample",
                           kind=SAMPLE_POOL)
     try:
@@ -377,11 +381,10 @@ def _decision_file_problem(path: str) -> str | None:
 
 def _check_runner(beam_args: list[str]) -> None:
     """An unknown ``--runner`` is one line here, not a traceback from inside Beam."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
     name = dataflow.option_value(beam_args, "runner")
     if name is None:
         return
+    from apache_beam.options.pipeline_options import StandardOptions
     known = {n.lower() for n in StandardOptions.KNOWN_RUNNER_NAMES}
     if name.lower() in known or name.lower() + "runner" in known:
         return
@@ -433,6 +436,8 @@ def _stage_path(recipe, stage) -> list[str]:
 
 def _beam_args(extra: list[str]) -> list[str]:
     """Validate that leftover flags are Beam pipeline options; a typo is an error, not ignored."""
+    if not extra:
+        return []       # and Beam (~1.2 s to import) is not needed yet
     from apache_beam.options.pipeline_options import PipelineOptions
 
     known = set()

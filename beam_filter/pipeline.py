@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
 from beam_filter import fsio, tables
 from beam_filter.errors import UserError
-from beam_filter.recipe import Recipe
+from beam_filter.job import Job
 from beam_filter.selection import is_local
 from beam_filter.transforms.fused import FusedShardFn
 from beam_filter.transforms.reshard import WriteShards
@@ -33,25 +32,6 @@ from beam_filter.transforms.select import ApplyStages
 from beam_filter.transforms.tables import ReadScoreRows, WriteFileErrors, WriteShardTables
 
 LOCAL_RUNNER_NAMES = {"directrunner", "direct", "fnapirunner"}
-
-
-@dataclass
-class Job:
-    """Everything a command needs, resolved and validated by the CLI."""
-
-    command: str                         # run | score | select | reshard
-    output: str
-    recipe: Recipe | None = None
-    shards: list[str] = field(default_factory=list)       # matched source tars, sorted
-    input_globs: list[str] = field(default_factory=list)
-    score_files: list[str] = field(default_factory=list)  # select --scores
-    metadata_dir: str | None = None                       # select --metadata
-    decision_files: list[str] = field(default_factory=list)  # reshard
-    shard_size: int = 10000
-    resume: bool = False
-    gpu_hints: dict = field(default_factory=dict)         # resource hints for inference steps
-    fuse: bool = True        # allow the shuffle-free path when every stage is a per-row rule
-    skipped_inputs: list[str] = field(default_factory=list)  # non-.tar files the --input globs matched
 
 
 # ---- options and runner -------------------------------------------------------
@@ -189,7 +169,7 @@ def _select_input(p, job: Job):
     return p | "ReadScores" >> ReadScoreRows(job.score_files)
 
 
-def _metadata(recipe: Recipe) -> dict:
+def _metadata(recipe) -> dict:
     return {tables.META_RECIPE_HASH: recipe.hash.encode(),
             tables.META_SCORE_HASH: recipe.score_hash().encode()}
 
@@ -249,29 +229,6 @@ def _shard_paths_by_stem(shards: list[str]) -> dict[str, str]:
 
 
 # ---- running -------------------------------------------------------------------
-
-def check_columns(job: Job) -> None:
-    """Every column each stage reads must come from the input or an earlier stage (columns.py).
-
-    Runs before any Beam work, so a misspelt column or scores made without a needed
-    feature stop a 12-hour job in its first second instead of giving a wrong dataset.
-    """
-    from beam_filter import columns
-
-    if job.recipe is None:
-        return
-    if job.command in ("run", "score"):
-        available = columns.shard_columns()
-    elif job.metadata_dir:
-        from beam_filter.datacomp_metadata import list_metadata_files
-
-        available = columns.metadata_columns(list_metadata_files(job.metadata_dir), job.metadata_dir)
-    else:
-        root = job.input_globs[0] if job.input_globs else ""
-        available = columns.scores_columns(job.score_files, root)
-        columns.check_score_settings(job.recipe.stages, root)
-    columns.check_recipe(job.recipe.stages, available)
-
 
 def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     """Build, run and finalize ``job``; returns the report dict."""

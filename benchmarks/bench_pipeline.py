@@ -26,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int) -> dict:
     """Run one variant in this process (called in a subprocess by main)."""
     from beam_filter.cli import match_shards
-    from beam_filter.pipeline import Job, local_processes, make_pipeline, pipeline_options
+    from beam_filter.job import Job
+    from beam_filter.pipeline import local_processes, make_pipeline, pipeline_options
     from beam_filter.recipe import load_recipe
     from beam_filter.layout import OutputLayout
 
