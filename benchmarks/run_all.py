@@ -22,6 +22,8 @@ BENCHES = [
     ("bench_clip_tokenizer", "bench_clip.py", ["--tokenizer", "--n", "20000"], True),
     ("bench_cluster", "bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000"], True),
     ("bench_mlm", "bench_mlm.py", [], False),
+    ("bench_select", "bench_select.py", ["--rows", "20000", "200000", "--recipes", "datacomp_basic",
+                                         "datacomp_clip_l14_30pct", "image_based"], True),
 ]
 
 
