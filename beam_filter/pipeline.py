@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from beam_filter import fsio, tables
 from beam_filter.errors import UserError
 from beam_filter.job import Job
-from beam_filter.selection import is_local
+from beam_filter.selection import is_local, is_partwise
 from beam_filter.transforms.fused import FusedShardFn
 from beam_filter.transforms.reshard import WriteShards
 from beam_filter.shard_work import score_row
@@ -89,7 +89,7 @@ def build(p: beam.Pipeline, job: Job):
     if job.command in ("run", "score"):
         kept = _score(p, job, layout)
     elif job.command == "select":
-        if job.fuse and all(is_local(s) for s in recipe.stages):
+        if job.fuse and all(is_partwise(s) for s in recipe.stages):
             _select_fused(p, job, layout)
         else:
             rows = _select_input(p, job)
@@ -140,8 +140,9 @@ def _score(p, job: Job, layout: OutputLayout):
 
 
 def _select_fused(p, job: Job, layout: OutputLayout) -> None:
-    """select with per-row rules only: each input part is read, decided and written by one worker
-    (a local process pool on the local runner); rows never cross a shuffle, memory is one part."""
+    """select with partwise stages only (selection.is_partwise): each input part is read, decided
+    and written by one worker (a local process pool on the local runner); rows never cross a
+    shuffle, memory is one part."""
     from beam_filter.transforms.fused import FusedSelectFn
 
     if job.metadata_dir:

@@ -233,6 +233,11 @@ class ScoredStage(Stage):
     def model_columns(self, inference) -> dict:
         raise NotImplementedError(f"{type(self).__name__}.model_columns")
 
+    def needs_global_info(self) -> bool:
+        """Whether ``global_info`` computes something for these parameters (a top fraction does,
+        a fixed threshold does not); without one the stage decides each row alone."""
+        return True
+
     def global_info(self, alive_rows):
         """One value computed from every row still alive when the stage is reached, or None."""
         return None
@@ -245,9 +250,17 @@ class GroupStage(Stage):
     """Verdicts for groups of rows; the Beam wiring is a PTransform of ``transforms/``."""
 
     kind = "group"
+    # True when each row's verdict depends on that row alone, computed in batches (a
+    # nearest-centroid search): ``batch_verdicts(rows)`` then gives the same verdicts as
+    # ``verdicts``, and select can run the stage inside one input part, with no shuffle.
+    row_wise: ClassVar[bool] = False
 
     def verdicts(self, alive_rows):
         raise NotImplementedError(f"{type(self).__name__}.verdicts")
+
+    def batch_verdicts(self, rows: list[dict]) -> list:
+        """(row token, Verdict) pairs for a batch of alive rows (``row_wise`` stages only)."""
+        raise NotImplementedError(f"{type(self).__name__}.batch_verdicts")
 
 
 def register(cls: type[Stage]) -> type[Stage]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from beam_filter import records as R
 from beam_filter.recipe import Combinator
-from beam_filter.registry import RuleStage, Stage
+from beam_filter.registry import GroupStage, RuleStage, ScoredStage, Stage
 
 READ_STAGE = "read"
 FAILED_STAGES = "failed_stages"   # every per-row stage the row fails, for the report's overlap matrix
@@ -23,6 +23,44 @@ def is_local(stage: Stage) -> bool:
     if isinstance(stage, Combinator):
         return all(is_local(c) for c in stage.children)
     return isinstance(stage, RuleStage)
+
+
+def is_partwise(stage: Stage) -> bool:
+    """Whether select can decide with this stage inside one input part (no shuffle, no global value):
+    per-row rules, scored stages with a fixed threshold, row-wise group stages (registry.py)."""
+    if isinstance(stage, Combinator):
+        return all(is_partwise(c) for c in stage.children)
+    if isinstance(stage, ScoredStage):
+        return not stage.needs_global_info()
+    if isinstance(stage, GroupStage):
+        return stage.row_wise
+    return isinstance(stage, RuleStage)
+
+
+def decide_rows(rows: list[dict], stages: list[Stage]) -> list[dict]:
+    """Full decisions for rows of one part under partwise stages (``is_partwise``).
+
+    The same bookkeeping as the general graph (transforms/select.py): per-row stages
+    through :func:`apply_stage`, row-wise group stages' verdicts for the rows alive
+    when they are reached through :func:`apply_verdict`, so the bytes written match.
+    """
+    from beam_filter.identity import row_token
+
+    for row in rows:
+        start_decision(row)
+    for stage in stages:
+        if isinstance(stage, GroupStage):
+            alive = [r for r in rows if r[R.REASON] is None]
+            size = max(1, int(getattr(stage.p, "batch_size", 1024) or 1024))
+            verdicts = {}
+            for i in range(0, len(alive), size):
+                verdicts.update(stage.batch_verdicts(alive[i:i + size]))
+            for row in rows:
+                apply_verdict(stage.id, row, verdicts.get(row_token(row)))
+        else:
+            for row in rows:
+                apply_stage(stage, row)
+    return [finish_decision(r) for r in rows]
 
 
 def start_decision(row: dict) -> dict:

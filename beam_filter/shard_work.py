@@ -16,7 +16,7 @@ from typing import NamedTuple
 from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
-from beam_filter.selection import decide_locally
+from beam_filter.selection import decide_locally, decide_rows
 from beam_filter.layout import OutputLayout
 from beam_filter.tables import ShardKept, write_shard_tables
 
@@ -138,7 +138,8 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
                 embeddings: tuple = ()) -> ShardResult:
     """The fused select of one input part: a scores file, or a DataComp metadata (parquet, npz) pair.
 
-    Rows are read, decided by per-row rules and written as that part's decisions
+    Rows are read, decided by partwise stages (selection.is_partwise: per-row rules, fixed
+    thresholds, row-wise group stages such as image_based) and written as that part's decisions
     file, in the worker that read them: no row crosses a shuffle, and memory is
     bounded by the largest part, not by the pool. The general graph
     (transforms/select.py) writes the same bytes (a test checks it).
@@ -153,7 +154,7 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
 
         up = posixpath.dirname if "://" in part else os.path.dirname
         rows = tables.read_rows(part, OutputLayout(up(up(part))).embeddings(part))
-    rows = [decide_locally(r, select_stages) for r in rows]
+    rows = decide_rows(rows, select_stages)
     kept = None
     if rows:
         kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,

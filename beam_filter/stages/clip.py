@@ -176,6 +176,9 @@ class ClipStage(ScoredStage):
         return cols
 
     # ---- select phase ---------------------------------------------------------
+    def needs_global_info(self) -> bool:
+        return self.p.fraction is not None
+
     def global_info(self, alive_rows):
         if self.p.fraction is None:
             return None

@@ -166,6 +166,8 @@ class ImageBased(FastTextLanguage, GroupStage):
         return TargetClusters(centroid_index(self.p.centroids),
                               load_npy(self.p.targets, "image_based targets"), source=self.p.targets)
 
+    row_wise = True     # caption pre-filter and nearest centroid: each row on its own
+
     def batch_verdicts(self, rows: list[dict]) -> list[tuple[str, Verdict]]:
         """Verdicts for a batch of alive rows: caption pre-filter, then one centroid search."""
         return target_cluster_verdicts(rows, self.caption_reason, self.embedding_of, self.target_clusters)

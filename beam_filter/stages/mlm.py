@@ -149,6 +149,9 @@ class MLMFilter(ScoredStage):
                 "precision": p.precision, "max_new_tokens": p.max_new_tokens, "max_len": p.max_len}
 
     # ---- select phase -----------------------------------------------------
+    def needs_global_info(self) -> bool:
+        return self.rank_metric is not None
+
     def global_info(self, alive_rows):
         if self.rank_metric is None:
             return None

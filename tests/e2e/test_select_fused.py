@@ -29,6 +29,31 @@ def test_fused_select_on_metadata_equals_the_general_graph(tmp_path, run_cli):
         assert a.read() == b.read()
 
 
+def test_fused_select_with_a_fixed_threshold_and_image_based_equals_the_general_graph(tmp_path, run_cli):
+    """A scored stage with a fixed threshold and a row-wise group stage (image_based's nearest
+    centroid) also run inside each part; the decisions are the general graph's, byte for byte."""
+    import numpy as np
+
+    from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
+
+    meta = str(tmp_path / "metadata")
+    write_synthetic_metadata(meta, 2000, seed=4, parts=2)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.standard_normal((64, 768)).astype(np.float32))
+    np.save(tmp_path / "t.npy", np.arange(0, 64, 2, dtype=np.int64))
+    sets = {"image_based": ["--set", f"image_based.centroids={tmp_path}/c.npy",
+                            "--set", f"image_based.targets={tmp_path}/t.npy"],
+            "datacomp_b32_th025": []}
+    for recipe, extra in sets.items():
+        fused, general = str(tmp_path / f"{recipe}_f"), str(tmp_path / f"{recipe}_g")
+        assert run_cli("select", "--recipe", recipe, "--metadata", meta, "--output", fused, *extra) == 0
+        assert run_cli("select", "--recipe", recipe, "--metadata", meta, "--output", general, "--no-fusion",
+                       *extra) == 0
+        assert len(_same_files(fused, general)) == 2, recipe
+        with open(os.path.join(fused, "uids.npy"), "rb") as a, open(os.path.join(general, "uids.npy"), "rb") as b:
+            assert a.read() == b.read(), recipe
+
+
 def test_fused_select_on_scores_equals_the_general_graph(clean_pool, tmp_path, run_cli):
     scores = str(tmp_path / "scores")
     assert run_cli("score", "--recipe", "datacomp_basic", "--input", f"{clean_pool[0]}/*.tar",

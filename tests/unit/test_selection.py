@@ -82,3 +82,16 @@ def test_apply_stage_keeps_the_first_reason_of_an_earlier_drop():
     for s in stages:
         apply_stage(s, row)
     assert row[R.STAGE] == "words"
+
+
+def test_which_recipes_select_runs_inside_each_part():
+    from beam_filter.recipe import load_recipe
+    from beam_filter.selection import is_partwise
+
+    image = ["image_based.centroids=c.npy", "image_based.targets=t.npy"]
+    partwise = {"datacomp_basic": [], "datacomp_b32_th025": [], "image_based": image, "quickstart": []}
+    for name, sets in partwise.items():
+        stages = load_recipe(name, sets).stages
+        assert all(is_partwise(s) for s in stages) == (name != "quickstart"), name   # quickstart: exact dedup
+    for name in ("datacomp_clip_l14_30pct", "semdedup", "near_dedup"):          # a top fraction, groups
+        assert not all(is_partwise(s) for s in load_recipe(name).stages), name
