@@ -187,40 +187,43 @@ def read_members(path: str, keys: set[str]) -> tuple[dict[str, dict[str, bytes]]
 
 
 def _read_plain(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
-    try:
-        f = fsio.open_read(path)
-    except Exception as e:  # missing, permission, transient remote error
-        return f"shard unavailable ({type(e).__name__})"
-    with f:
-        try:
-            seekable = bool(getattr(f, "seekable", lambda: False)())
-            if seekable:
-                try:
-                    return _walk_headers(f, keys, found)
-                except _Fallback:
-                    f.seek(0)
-            return _tarfile_members(f, keys, found, seekable)
-        except OSError as e:
-            return f"shard unreadable ({type(e).__name__})"
+    def read(f) -> str:
+        seekable = bool(getattr(f, "seekable", lambda: False)())
+        if seekable:
+            try:
+                return _walk_headers(f, keys, found)
+            except _Fallback:
+                f.seek(0)
+        return _tarfile_members(f, keys, found, seekable)
+
+    return _with_shard(path, read)
 
 
 def _read_renamed(path: str, keys: set[str], found: dict[str, dict[str, bytes]]) -> str:
+    def read(f) -> str:
+        for key, members in iter_tar_groups(f, wanted=keys):
+            images = {ext.lower(): data for ext, data in reversed(members.items())
+                      if ext.lower() in IMAGE_EXTS}     # reversed: the first of each wins
+            if images:
+                found[key] = images
+        return ""
+
+    return _with_shard(path, read)
+
+
+def _with_shard(path: str, read) -> str:
+    """``read(open shard)``, with what went wrong as the note a thumbnail shows instead."""
     try:
         f = fsio.open_read(path)
     except Exception as e:  # missing, permission, transient remote error
         return f"shard unavailable ({type(e).__name__})"
     with f:
         try:
-            for key, members in iter_tar_groups(f, wanted=keys):
-                images = {ext.lower(): data for ext, data in reversed(members.items())
-                          if ext.lower() in IMAGE_EXTS}     # reversed: the first of each wins
-                if images:
-                    found[key] = images
+            return read(f)
         except ShardError as e:
             return f"shard damaged ({e.kind})"
         except OSError as e:
             return f"shard unreadable ({type(e).__name__})"
-    return ""
 
 
 def _shard_thumbs(path: str, keys: set[str], size: int) -> dict[tuple[str, str], Thumb]:
