@@ -78,8 +78,18 @@ def metadata_dir(workdir: str, rows: int, part_rows: int) -> str:
 
     path = os.path.join(workdir, f"metadata_{rows}_{part_rows}")
     if not os.path.isdir(path):
-        write_synthetic_metadata(path + ".tmp", rows, seed=0, parts=max(1, math.ceil(rows / part_rows)))
-        os.replace(path + ".tmp", path)
+        # One part at a time (seed = part index): the generator holds its whole output in memory.
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for i in range(max(1, math.ceil(rows / part_rows))):
+            n = min(part_rows, rows - i * part_rows)
+            one = os.path.join(tmp, f"part{i}")
+            write_synthetic_metadata(one, n, seed=i, parts=1)
+            for ext in (".parquet", ".npz"):
+                os.replace(os.path.join(one, "00000000" + ext), os.path.join(tmp, f"{i:08d}{ext}"))
+            shutil.rmtree(one)
+        os.replace(tmp, path)
     return path
 
 
