@@ -222,8 +222,6 @@ def cmd_make_sample(args, extra) -> int:
 
     if args.samples <= 0:
         raise UserError("--samples must be positive")
-    from beam_filter.pipeline import run_job     # imports Beam (~1.2 s): only once the job is valid
-
     lock = prepare_output(args.output, overwrite=args.overwrite, resume=False, command="make-sample",
                           kind=SAMPLE_POOL)
     try:

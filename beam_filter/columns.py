@@ -104,17 +104,12 @@ def shard_columns() -> Available:
 
 def scores_columns(score_files: list[str], where: str) -> Available:
     """Columns stored by a `score`/`run`: parquet schemas and the embedding arrays beside them."""
-    import posixpath
-
-    from beam_filter import fsio
-    from beam_filter.layout import OutputLayout
+    from beam_filter.layout import embeddings_beside
 
     cols: set[str] = set()
     for path in score_files[:_SAMPLED_FILES]:
         cols.update(_parquet_names(path))
-        # <output>/scores/<stem>.parquet -> <output>/embeddings/<stem>.npz
-        parent = posixpath.dirname(posixpath.dirname(path)) if fsio.is_remote(path) else _local_parent(path)
-        cols.update(_npz_names(OutputLayout(parent).embeddings(path)))
+        cols.update(_npz_names(embeddings_beside(path)))
     return Available(SCORES, frozenset(cols), where)
 
 
@@ -128,12 +123,6 @@ def metadata_columns(pairs: list[tuple[str, str | None]], where: str) -> Availab
     if npz:
         cols |= _npz_names(npz)
     return Available(METADATA, frozenset(cols), where)
-
-
-def _local_parent(path: str) -> str:
-    import os
-
-    return os.path.dirname(os.path.dirname(path))
 
 
 def _parquet_names(path: str) -> list[str]:

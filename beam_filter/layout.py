@@ -53,6 +53,13 @@ def shard_stem(shard: str) -> str:
     return base
 
 
+def embeddings_beside(scores_file: str) -> str:
+    """``<output>/scores/<stem>.parquet`` -> ``<output>/embeddings/<stem>.npz``: where a score
+    run put the embeddings of that file (select --scores reads both)."""
+    root = os.path.dirname(os.path.dirname(scores_file))     # "/"-separated for gs:// too (POSIX)
+    return OutputLayout(root).embeddings(scores_file)
+
+
 def shard_name(index: int) -> str:
     """Output shard ``index`` -> ``00000012`` (DataComp resharder layout)."""
     return f"{index:08d}"

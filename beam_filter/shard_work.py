@@ -8,7 +8,6 @@ and the plain-loop benchmark import this module in fresh processes, and
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from typing import NamedTuple
@@ -17,7 +16,7 @@ from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
 from beam_filter.selection import decide_locally, decide_rows
-from beam_filter.layout import OutputLayout
+from beam_filter.layout import OutputLayout, embeddings_beside
 from beam_filter.tables import ShardKept, write_shard_tables
 
 
@@ -149,11 +148,8 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
 
         parquet, npz = part
         rows = list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None))
-    else:       # <output of a score run>/scores/<stem>.parquet, embeddings beside in that output
-        import posixpath
-
-        up = posixpath.dirname if "://" in part else os.path.dirname
-        rows = tables.read_rows(part, OutputLayout(up(up(part))).embeddings(part))
+    else:       # a scores file of a score run
+        rows = tables.read_rows(part, embeddings_beside(part))
     rows = decide_rows(rows, select_stages)
     kept = None
     if rows:

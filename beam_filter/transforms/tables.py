@@ -9,7 +9,6 @@ rewrites identical bytes.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import apache_beam as beam
@@ -18,7 +17,7 @@ from apache_beam.metrics import Metrics
 from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter import tables
-from beam_filter.layout import OutputLayout
+from beam_filter.layout import OutputLayout, embeddings_beside
 from beam_filter.tables import write_shard_tables
 from beam_filter.transforms.score import NAMESPACE
 
@@ -81,8 +80,7 @@ class ReadScoreRows(beam.PTransform):
 
     def expand(self, pbegin):
         def read(path):     # path: <output>/scores/<stem>.parquet; its embeddings are in the same output
-            layout = OutputLayout(os.path.dirname(os.path.dirname(path)))
-            return tables.read_rows(path, layout.embeddings(path))
+            return tables.read_rows(path, embeddings_beside(path))
         return (pbegin
                 | "ListScoreFiles" >> beam.Create(self.files)
                 | "SpreadScoreFiles" >> beam.Reshuffle()
