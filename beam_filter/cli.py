@@ -135,10 +135,22 @@ def cmd_pipeline(args, extra: list[str]) -> int:
     _check_runner(beam_args)
     command = args.command
     job = Job(command=command, output=args.output.rstrip("/"), shard_size=getattr(args, "shard_size", 10000),
-              resume=getattr(args, "resume", False), fuse=not getattr(args, "no_fusion", False))
+              resume=getattr(args, "resume", False), fuse=not getattr(args, "no_fusion", False),
+              uid_keys=getattr(args, "uid_keys", False), apply_blur=getattr(args, "apply_blur", False),
+              inject_blur_metadata=getattr(args, "inject_blur_metadata", False),
+              blur_metadata=getattr(args, "blur_metadata", None))
+    if job.blur_metadata and not job.inject_blur_metadata:
+        raise UserError("--blur-metadata is where --inject-blur-metadata finds face boxes: give both")
+    mix = None
+    if command in ("run", "score", "reshard"):     # --input NAME=GLOB:fraction=F:copies=K (sources.py)
+        from beam_filter.sources import parse_inputs
+
+        mix = parse_inputs(list(args.input), getattr(args, "decontaminate", None))
+        job.sources = mix.describe() if mix.named else None
     if command in ("run", "score", "select"):
         overrides = list(args.set or [])
-        job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None))
+        job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None),
+                                  prepend=[mix.stage_entry()] if mix is not None and mix.named else ())
         if command != "select":
             check_columns(job)          # shards provide what the stages compute: no I/O needed
             _check_model_weights(job.recipe)
@@ -147,7 +159,7 @@ def cmd_pipeline(args, extra: list[str]) -> int:
             raise UserError("select needs exactly one of --scores DIR or --metadata DIR")
         job.input_globs = [args.scores or args.metadata]
     else:
-        job.input_globs = list(args.input)
+        job.input_globs = mix.globs
     input_dirs = job.input_globs if command == "select" else [args.decisions] if command == "reshard" else []
     if command in ("run", "reshard") and job.shard_size <= 0:
         raise UserError("--shard-size must be a positive number of samples")
@@ -161,8 +173,11 @@ def cmd_pipeline(args, extra: list[str]) -> int:
     if launch.dry_run:
         return _write_job_file(job, beam_args, launch.job_file)
     if command in ("run", "score", "reshard"):
-        job.shards, job.skipped_inputs = match_inputs(args.input)
+        job.shards, job.skipped_inputs = mix.match(match_inputs) if mix.named else match_inputs(mix.globs)
         _warn_skipped(job.skipped_inputs)
+        if command != "reshard" and mix.named and not mix.eval_images and any(s.is_external for s in mix.sources):
+            print("beam-filter: warning: external sources are not decontaminated; give --decontaminate "
+                  "EVAL_IMAGES (a directory, glob or .npy of pHashes) to check them", file=sys.stderr)
     if command == "select" and args.scores:
         job.score_files = _list_parquet(args.scores, "scores")
         if not job.score_files:
@@ -231,6 +246,22 @@ def cmd_make_sample(args, extra) -> int:
         lock.release()
     n = manifest.get("samples", args.samples) if isinstance(manifest, dict) else args.samples
     print(f"wrote a sample pool of {n} samples to {args.output}")
+    return 0
+
+
+def cmd_build_centroids(args, extra) -> int:
+    """DataComp's image_based_clustering.py (build_centroids.py)."""
+    _no_extra(extra)
+    from beam_filter.build_centroids import build_centroids
+
+    if args.sample_ratio is not None and not 0 < args.sample_ratio <= 1:
+        raise UserError("--sample-ratio must be in (0, 1]")
+    done = build_centroids(args.output, metadata_dir=args.metadata, scores_dir=args.scores, key=args.embedding,
+                           num_clusters=args.num_clusters, seed=args.seed, niter=args.niter,
+                           caption_filtering=not args.disable_caption_filtering,
+                           sample_ratio=args.sample_ratio or -1.0, lid_model=args.lid_model)
+    print(f"wrote {done['clusters']} centroids ({done['dim']}-d) from {done['embeddings']} embeddings to "
+          f"{done['output']} (load {done['load_s']} s, k-means {done['kmeans_s']} s)")
     return 0
 
 
@@ -407,10 +438,18 @@ def _check_model_weights(recipe) -> None:
             check()
 
 
-def _load_recipe(spec: str, overrides: list[str], test_models: str | None):
-    from beam_filter.recipe import load_recipe
+def _load_recipe(spec: str, overrides: list[str], test_models: str | None, prepend=()):
+    """``prepend``: recipe entries put before the recipe's stages (the ``sources`` stage of named inputs)."""
+    from beam_filter.recipe import load_recipe, parse_recipe
 
-    recipe = load_recipe(spec, overrides)
+    def load(ov):
+        if not prepend:
+            return load_recipe(spec, ov)
+        raw = load_recipe(spec).raw
+        return parse_recipe({**raw, "stages": list(prepend) + list(raw.get("stages") or [])},
+                            source=spec, overrides=ov)
+
+    recipe = load(overrides)
     if test_models:
         _require_exists(test_models, "--test-models")
         extra = []
@@ -418,7 +457,7 @@ def _load_recipe(spec: str, overrides: list[str], test_models: str | None):
             path = ".".join(_stage_path(recipe, stage))
             for k, v in type(stage).test_model_params(test_models).items():
                 extra.append(f"{path}.{k}={v}")
-        recipe = load_recipe(spec, overrides + extra)
+        recipe = load(overrides + extra)
     return recipe
 
 
@@ -548,6 +587,24 @@ def _dataflow_options(sp, gpu: bool = False) -> None:
     g.add_argument("--job-file", metavar="PATH", help="where --dry-run writes the job JSON (and PATH.staging/)")
 
 
+def _reshard_options(sp) -> None:
+    """DataComp resharder parity (docs/datacomp_files.md)."""
+    sp.add_argument("--uid-keys", action="store_true", help="name every output sample {uid}-{j}, j from 0, "
+                    "even for one copy (DataComp's resharder)")
+    sp.add_argument("--apply-blur", action="store_true", help="blur faces in output images (json face_bboxes, "
+                    "else the face_area stage's boxes in scores/); re-encodes them, recorded in meta.json")
+    sp.add_argument("--inject-blur-metadata", action="store_true", help="write each sample's face boxes into its "
+                    "json face_bboxes (DataComp's resharder); boxes from --blur-metadata, else the face_area scores")
+    sp.add_argument("--blur-metadata", metavar="DIR", help="DataComp metadata dir (uid, face_bboxes parquets) "
+                    "for --inject-blur-metadata")
+
+
+def _source_options(sp) -> None:
+    """Named inputs (sources.py): --input NAME=GLOB[:fraction=F][:copies=K], or a sources .yaml."""
+    sp.add_argument("--decontaminate", metavar="EVAL_IMAGES", help="evaluation images (dir, glob or .npy of "
+                    "pHashes) that external sources (--input NAME=GLOB) are decontaminated against")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="beam-filter", description="Curate image-text pre-training data with Apache Beam.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -569,12 +626,16 @@ def _parser() -> argparse.ArgumentParser:
                            ("score", "compute features and model scores per shard (resumable)")):
         sp = sub.add_parser(name, help=helptext)
         common(sp)
-        sp.add_argument("--input", required=True, action="append", help="shard glob (repeatable)")
+        sp.add_argument("--input", required=True, action="append",
+                        help="shard glob, or NAME=GLOB[:fraction=F][:copies=K] for a named source, or a "
+                        "sources .yaml (repeatable; docs/datacomp_files.md)")
+        _source_options(sp)
         sp.add_argument("--resume", action="store_true",
                         help="reuse scores/ already in --output computed with the same model settings")
         sp.add_argument("--test-models", metavar="DIR", help="swap every model for its tiny twin from DIR")
         if name == "run":
             sp.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
+            _reshard_options(sp)
         _dataflow_options(sp, gpu=True)
     sp = sub.add_parser("select", help="apply a recipe to scores or DataComp metadata (no inference)")
     common(sp)
@@ -585,8 +646,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reshard", help="write kept samples into new shards")
     common(sp, recipe=False)
     sp.add_argument("--decisions", required=True, help="output dir of a run/select (with decisions/)")
-    sp.add_argument("--input", required=True, action="append", help="source shard glob (repeatable)")
+    sp.add_argument("--input", required=True, action="append",
+                    help="source shard glob, or NAME=GLOB as given to run (repeatable)")
     sp.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
+    _reshard_options(sp)
     _dataflow_options(sp)
 
     sp = sub.add_parser("report", help="rebuild report.html from an output dir")
@@ -599,6 +662,20 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--broken-shards", action="store_true", help="add a truncated tar and a non-tar file")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_make_sample)
+    sp = sub.add_parser("build-centroids", help="DataComp image_based pool centroids (faiss k-means on "
+                        "caption-filtered L/14 embeddings)")
+    sp.add_argument("--metadata", help="DataComp metadata dir (parquet + npz)")
+    sp.add_argument("--scores", help="output dir of a `score` run with L/14 image embeddings")
+    sp.add_argument("--output", required=True, help="centroids file: .pt (DataComp's format) or .npy")
+    sp.add_argument("--embedding", default="l14_img", help="embedding column (default l14_img; scores: "
+                    "clip_l14_image_embedding)")
+    sp.add_argument("--num-clusters", type=int, default=100_000, help="k (DataComp: 100000)")
+    sp.add_argument("--niter", type=int, default=20, help="k-means iterations (DataComp: 20)")
+    sp.add_argument("--seed", type=int, default=0, help="faiss seed (DataComp: 0)")
+    sp.add_argument("--sample-ratio", type=float, help="keep this fraction of rows, by uid hash (memory)")
+    sp.add_argument("--disable-caption-filtering", action="store_true", help="cluster every row")
+    sp.add_argument("--lid-model", help="fastText language-id model (default: bundled lid.176.ftz)")
+    sp.set_defaults(func=cmd_build_centroids)
     sp = sub.add_parser("make-test-models", help="write tiny random checkpoints for offline smoke tests")
     sp.add_argument("directory")
     sp.set_defaults(func=cmd_make_test_models)

@@ -194,7 +194,7 @@ def _stored_stages(summary: list) -> dict:
     out = {}
     for s in summary:
         out[s["id"]] = (s["type"], s.get("params") or {})
-        for child in (s.get("params") or {}).get("stages", []) if s["type"] in ("any_of", "all_of") else []:
+        for child in (s.get("params") or {}).get("stages", []) if s["type"] in ("any_of", "all_of", "add_back") else []:
             for cid, cfg in child.items():
                 cfg = dict(cfg)
                 out[cid] = (cfg.pop("type", cid), cfg)

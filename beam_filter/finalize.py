@@ -22,6 +22,7 @@ import beam_filter
 from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter.layout import UIDS, OutputLayout
+from beam_filter.addback import is_added_back
 from beam_filter.selection import READ_STAGE
 from beam_filter.uids import UID_DTYPE, save_uids, uids_to_array
 
@@ -54,6 +55,9 @@ def decision_summary(decision_files: list[str]):
             counts["samples"] += 1
             if kept:
                 counts["kept"] += 1
+                if is_added_back(reason):       # dropped at `stage`, then added back (addback.py)
+                    counts[reason] += 1
+                    by_stage[stage] += 1
                 counts["kept_with_copies"] += copies
                 kept_uids.append(uid)
                 kept_copies.append(copies)
@@ -94,12 +98,17 @@ def _shared_uid_count(parts: list[np.ndarray]) -> int:
     return int(in_group.sum())
 
 
-def funnel(stage_ids: list[tuple[str, str]], total: int, by_stage: Counter) -> list[dict]:
+def funnel(stage_ids: list[tuple[str, str]], total: int, by_stage: Counter,
+           counts: Counter | None = None) -> list[dict]:
     rows, alive = [], total
     for sid, stype in [(READ_STAGE, "read")] + stage_ids:
         dropped = by_stage.get(sid, 0)
         rows.append({"stage": sid, "type": stype, "in": alive, "dropped": dropped, "out": alive - dropped})
         alive -= dropped
+        if stype == "add_back" and counts is not None:      # the section adds instead (addback.py)
+            added = sum(v for k, v in counts.items() if k.startswith("added_back:"))
+            rows[-1].update(added=added, out=alive + added)
+            alive += added
     return rows
 
 
@@ -167,13 +176,21 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     report["inputs"] = {"globs": job.input_globs, "shards": len(job.shards),
                         "scores": len(job.score_files), "metadata": job.metadata_dir}
     decision_files = layout.decision_files()
+    if getattr(job, "sources", None) and decision_files:     # named inputs: each source's contribution
+        from beam_filter.sources import source_summary
+
+        report["sources"] = source_summary(decision_files, job.sources)
     if job.command in ("run", "select") or (job.command == "reshard" and decision_files):
         counts, reasons, by_stage, uids = decision_summary(decision_files)
         if job.command in ("run", "select"):
             save_uids(layout.uids, uids)
         report["counts"] = {k: counts.get(k, 0) for k in ("samples", "kept", "kept_with_copies", "dropped")}
         if recipe is not None:
-            report["funnel"] = funnel([(s.id, s.name) for s in recipe.stages], counts["samples"], by_stage)
+            report["funnel"] = funnel([(s.id, s.name) for s in recipe.stages], counts["samples"], by_stage,
+                                      counts)
+        added = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("added_back:")}
+        if added:       # rows the recipe's add_back section kept again, by stage (addback.py)
+            report["added_back"] = added
         report["reasons"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], str(kv[0]))))
         report["warnings"] = _warnings(counts)
     skipped = list(getattr(job, "skipped_inputs", []) or [])
@@ -182,7 +199,8 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: fsio.read_json(path)
                             for path in layout.threshold_files()}
     report["file_errors"] = [fsio.read_json(p) for p in layout.file_error_files()]
-    report["timings"] = {"phases": {job.command: round(elapsed, 3)}, "stages": stage_timings(result)}
+    report["timings"] = {"phases": {job.command: round(elapsed, 3)}, "stages": stage_timings(result),
+                         "execution": job.execution}
     report["provenance"] = {
         "beam_filter": beam_filter.__version__, "python": platform.python_version(),
         "platform": sys.platform, "packages": package_versions(),
@@ -201,12 +219,36 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
                 "recipe": report.get("recipe", {}).get("name"), "recipe_hash": report.get("recipe", {}).get("hash"),
                 "inputs": job.input_globs, "provenance": report["provenance"],
                 "thresholds": report["thresholds"], "counts": report.get("counts")}
+        if "sources" in report:
+            meta["sources"] = report["sources"]
+        meta.update(_datacomp_meta_fields(job, report, shard_stats))
+        if getattr(job, "inject_blur_metadata", False):      # face boxes written into each json
+            from beam_filter.blur_metadata import inject_hook
+
+            meta["inject_blur_metadata"] = inject_hook(job).describe()
+        if getattr(job, "apply_blur", False):       # images re-encoded with faces blurred (output_blur.py)
+            from beam_filter.output_blur import face_blur
+
+            meta["blur"] = dict(face_blur(job).describe(),
+                                samples_blurred=sum(s.get("blurred", 0) for s in shard_stats))
         fsio.write_bytes_atomic(layout.shards_meta, json.dumps(meta, indent=2, sort_keys=True).encode())
     # Timings differ run to run: report.json carries them, meta.json (beside the data) does not.
     fsio.write_bytes_atomic(layout.report_json, json.dumps(report, indent=2, sort_keys=True).encode())
     if decision_files:      # no readable sample at all: report.json lists the file errors, no HTML to draw
         _write_html(out)
     return report
+
+
+def _datacomp_meta_fields(job, report: dict, shard_stats: list[dict]) -> dict:
+    """The counters DataComp's resharder.py puts in its meta.json, under its names (tools that read
+    them find them); run-dependent ones (timings, cwd, worker_success) are left out, so meta.json
+    stays byte-identical across runs."""
+    counts = report.get("counts") or {}
+    return {"processed_count": counts.get("samples", 0),
+            "output_count": sum(s["count"] for s in shard_stats),
+            "output_shard_count": len(shard_stats),
+            "blur_count": sum(int(s.get("blurred", 0) or 0) for s in shard_stats),
+            "uid_keys": bool(getattr(job, "uid_keys", False))}
 
 
 def _warnings(counts: Counter) -> dict:

@@ -55,7 +55,13 @@ def _uncompressed():
 # ---- single files ----------------------------------------------------------------------
 
 def open_read(path: str) -> BinaryIO:
-    """Open for streaming reads, no decompression (a .tar is read as is)."""
+    """Open for streaming reads, no decompression (a .tar is read as is).
+
+    A shard of a named source (``/d/00000.tar#cc12m``, sources.py) is read from its own path."""
+    if "#" in path:
+        from beam_filter.sources import untag
+
+        path = untag(path)
     if not is_remote(path):
         return open(path, "rb")
     return _fs().open(path, compression_type=_uncompressed())

@@ -29,6 +29,14 @@ class Job:
     gpu_hints: dict = field(default_factory=dict)         # resource hints for inference steps
     fuse: bool = True        # allow the shuffle-free path when every stage is a per-row rule
     skipped_inputs: list[str] = field(default_factory=list)  # non-.tar files the --input globs matched
+    # How the graph runs, set by pipeline.build and stated in report.json (memory follows from it):
+    # "by_shard" / "by_part" (fused: one shard or input part per worker, no row shuffled) or "graph".
+    execution: str = ""
+    uid_keys: bool = False   # reshard: name every output sample {uid}-{j} (DataComp's resharder)
+    sources: dict | None = None   # named inputs (sources.Mix.describe()): report.json and meta.json
+    inject_blur_metadata: bool = False   # reshard: face boxes into each json (blur_metadata.py)
+    blur_metadata: str | None = None     # ... looked up by uid in this DataComp metadata dir
+    apply_blur: bool = False  # reshard: blur face boxes in output images (output_blur.py)
 
 
 def check_columns(job: Job) -> None:

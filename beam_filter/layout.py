@@ -45,7 +45,15 @@ RESUME_KEEPS = (SCORES, EMBEDDINGS)
 
 
 def shard_stem(shard: str) -> str:
-    """``gs://b/pool/00001234.tar`` (or ``.parquet``) -> ``00001234``: the name of every per-shard output."""
+    """``gs://b/pool/00001234.tar`` (or ``.parquet``) -> ``00001234``: the name of every per-shard output.
+
+    A shard of a named source (``.../00001234.tar#cc12m``, sources.py) -> ``cc12m.00001234``."""
+    if "#" in shard:
+        from beam_filter.sources import split_tag
+
+        path, source = split_tag(shard)
+        if source:
+            return f"{source}.{shard_stem(path)}"
     base = os.path.basename(shard.rstrip("/"))
     for suffix in (".tar", ".parquet"):      # source tars; DataComp metadata parts
         if base.endswith(suffix):

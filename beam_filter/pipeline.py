@@ -21,7 +21,10 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from beam_filter import fsio, tables
 from beam_filter.errors import UserError
 from beam_filter.job import Job
-from beam_filter.selection import is_local, is_partwise
+from beam_filter.output_blur import face_blur
+from beam_filter.blur_metadata import inject_hook
+from beam_filter.registry import GroupStage
+from beam_filter.selection import can_select_by_parts, is_local
 from beam_filter.transforms.fused import FusedShardFn
 from beam_filter.transforms.reshard import WriteShards
 from beam_filter.shard_work import score_row
@@ -89,19 +92,24 @@ def build(p: beam.Pipeline, job: Job):
     if job.command in ("run", "score"):
         kept = _score(p, job, layout)
     elif job.command == "select":
-        if job.fuse and all(is_partwise(s) for s in recipe.stages):
+        if job.fuse and can_select_by_parts(recipe.stages):
+            job.execution = "by_part"
             _select_fused(p, job, layout)
         else:
+            job.execution = "graph"
             rows = _select_input(p, job)
             decided = rows | "Select" >> ApplyStages(recipe.stages, info_dir=_info_dir(job))
             kept = decided | "WriteDecisions" >> WriteShardTables(
                 layout, write_scores=False, write_decisions=True, metadata=_metadata(recipe))
     elif job.command == "reshard":
+        job.execution = "by_shard"
         check_reshard_inputs(job)
         kept = (p | "ListDecisions" >> beam.Create(sorted(job.decision_files))
                 | "ReadKept" >> beam.Map(read_kept, _shard_paths_by_stem(job.shards)))
     if job.command in ("run", "reshard"):
-        kept | "Reshard" >> WriteShards(layout, job.shard_size, processes=local_processes(p.options))
+        kept | "Reshard" >> WriteShards(layout, job.shard_size, processes=local_processes(p.options),
+                                        uid_keys=job.uid_keys,     # --inject-blur-metadata, --apply-blur
+                                        blur=inject_hook(job, face_blur(job)))
 
 
 def _score(p, job: Job, layout: OutputLayout):
@@ -114,6 +122,7 @@ def _score(p, job: Job, layout: OutputLayout):
     # `run` of a recipe made only of per-row rules (score and decide where the bytes are).
     scoring_only = job.command == "score"
     if job.fuse and not recipe.model_stages() and (scoring_only or all(is_local(s) for s in recipe.stages)):
+        job.execution = "by_shard"
         out = (p | "ListShards" >> beam.Create(job.shards)
                | "SpreadShards" >> beam.Reshuffle()
                | "ScoreAndDecide" >> beam.ParDo(FusedShardFn(
@@ -122,6 +131,11 @@ def _score(p, job: Job, layout: OutputLayout):
                        FILE_ERRORS, main="kept"))
         out[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
         return None if scoring_only else out["kept"]
+    if job.fuse and recipe.model_stages() and local_processes(p.options) > 0:
+        kept = _score_models_by_shard(p, job, layout, feature_stages, meta, resumed)
+        if job.execution:
+            return kept
+    job.execution = "graph"
     todo = [s for s in job.shards if s not in resumed]
     read = p | "Read" >> ReadWebDataset(todo, feature_stages)
     read[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
@@ -139,12 +153,48 @@ def _score(p, job: Job, layout: OutputLayout):
                                                        metadata=meta, skip_scores=resumed)
 
 
-def _select_fused(p, job: Job, layout: OutputLayout) -> None:
-    """select with partwise stages only (selection.is_partwise): each input part is read, decided
-    and written by one worker (a local process pool on the local runner); rows never cross a
-    shuffle, memory is one part."""
-    from beam_filter.transforms.fused import FusedSelectFn
+def _score_models_by_shard(p, job: Job, layout: OutputLayout, feature_stages, meta, resumed):
+    """The local runner's path for model recipes: each shard read, scored by the models (loaded
+    once, in this process) and written as its scores file where it is read, so memory is one
+    batch of image bytes plus one shard's rows instead of the whole pool (RunInference on the
+    in-memory runner materialises every sample with its bytes). `run` then decides in the
+    same worker when the recipe is all per-row rules, or by parts over the scores files just
+    written when it is rank-staged (selection.can_select_by_parts) without a group stage (those
+    read embeddings, which scores files keep as fp16). Otherwise returns with
+    ``job.execution`` unset and the general graph runs. Dataflow keeps RunInference."""
+    from beam_filter.transforms.fused import FusedModelShardFn
 
+    recipe = job.recipe
+    scoring_only = job.command == "score"
+    decide_here = not scoring_only and all(is_local(s) for s in recipe.stages)
+    by_parts = (not scoring_only and not decide_here and can_select_by_parts(recipe.stages)
+                and not any(isinstance(s, GroupStage) for s in recipe.stages))
+    if not (scoring_only or decide_here or by_parts):
+        return None
+    out = (p | "ListShards" >> beam.Create(job.shards)
+           | "SpreadShards" >> beam.Reshuffle()
+           | "ScoreShards" >> beam.ParDo(FusedModelShardFn(
+               feature_stages, recipe.stages if decide_here else None, recipe.model_stages(), layout, meta,
+               resumed)).with_outputs(FILE_ERRORS, main="kept"))
+    out[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
+    if not by_parts:
+        job.execution = "by_shard"
+        return None if scoring_only else out["kept"]
+    job.execution = "by_shard, then by_part"
+    return _select_by_parts(p, job, layout, [layout.scores(s) for s in job.shards], [],
+                            after=out["kept"], emit_kept=True)
+
+
+def _select_fused(p, job: Job, layout: OutputLayout) -> None:
+    """select by input part (selection.can_select_by_parts): each part is read, decided and
+    written by one worker (a local process pool on the local runner); rows never cross a
+    shuffle, memory is one part.
+
+    A rank-staged stage (a top fraction, ``rank_spec``) costs one more read of the parts:
+    each part sends the 8-byte rank keys of its rows alive at that stage, the exact
+    rank-n search (``RankOfKeyBatches``) turns them into the threshold, and the threshold
+    reaches the later reads as a side input. Stages are applied in recipe order, so a
+    rank stage after another sees that one's threshold."""
     if job.metadata_dir:
         from beam_filter.datacomp_metadata import embedding_keys_for, list_metadata_files
 
@@ -152,11 +202,45 @@ def _select_fused(p, job: Job, layout: OutputLayout) -> None:
         wanted = embedding_keys_for(job.recipe.leaf_stages())
     else:
         parts, wanted = sorted(job.score_files), []
-    (p | "ListParts" >> beam.Create(parts)
-     | "SpreadParts" >> beam.Reshuffle()
-     | "SelectParts" >> beam.ParDo(FusedSelectFn(
-         job.recipe.stages, layout, _metadata(job.recipe), wanted,
-         processes=local_processes(p.options) if len(parts) > 1 else 0)))
+    _select_by_parts(p, job, layout, parts, wanted)
+
+
+def _select_by_parts(p, job: Job, layout: OutputLayout, parts: list, wanted: list, after=None,
+                     emit_kept: bool = False):
+    """The by-part select graph (see _select_fused). ``after``: a PCollection that must be complete
+    before any part is read (the scoring step that writes the parts); parts missing then (a shard
+    with no sample has no scores file) are skipped. ``emit_kept``: return the ShardKept lists."""
+    from apache_beam.pvalue import AsList, AsSingleton
+
+    from beam_filter.selection import is_rank_staged
+    from beam_filter.transforms.fused import FusedSelectFn, PartRankKeysFn
+    from beam_filter.transforms.select import save_info
+    from beam_filter.transforms.thresholds import RankOfKeyBatches
+
+    stages = job.recipe.stages
+    processes = local_processes(p.options) if len(parts) > 1 else 0
+    listed = p | "ListParts" >> beam.Create(parts)
+    if after is not None:
+        listed = (listed
+                  | "AfterScoring" >> beam.Map(lambda part, _: part, AsList(after))
+                  | "ScoredParts" >> beam.Filter(fsio.exists))
+    spread = listed | "SpreadParts" >> beam.Reshuffle()
+    infos = {}
+    for i, stage in enumerate(stages):
+        if not is_rank_staged(stage):
+            continue
+        spec = stage.rank_spec()
+        info = (spread
+                | f"RankKeys[{stage.id}]" >> beam.ParDo(
+                    PartRankKeysFn(stages, i, wanted, processes=processes),
+                    **{k: AsSingleton(v) for k, v in infos.items()})
+                | f"{stage.id}/RankThreshold" >> RankOfKeyBatches(spec.fraction, spec.label))
+        info | f"SaveInfo[{stage.id}]" >> beam.Map(save_info, _info_dir(job), stage.id)
+        infos[stage.id] = info
+    return (spread
+            | "SelectParts" >> beam.ParDo(FusedSelectFn(stages, layout, _metadata(job.recipe), wanted,
+                                                        processes=processes, emit_kept=emit_kept),
+                                          **{k: AsSingleton(v) for k, v in infos.items()}))
 
 
 def _select_input(p, job: Job):
@@ -202,12 +286,18 @@ def read_kept(decision_file: str, shard_paths: dict[str, str]) -> ShardKept:
     """
     from beam_filter import records as R
 
-    rows = tables.read_rows(decision_file, columns=[R.SHARD, R.KEY, R.UID, R.KEPT, R.COPIES])
+    from beam_filter.output_captions import OUTPUT_CAPTION
+
+    columns = [R.SHARD, R.KEY, R.UID, R.KEPT, R.COPIES]
+    if OUTPUT_CAPTION in tables.parquet_metadata(decision_file).schema.names:
+        columns.append(OUTPUT_CAPTION)          # a chosen caption travels to the writer
+    rows = tables.read_rows(decision_file, columns=columns)
     rows.sort(key=lambda r: r[R.KEY])
     stem = shard_stem(decision_file)
     if stem not in shard_paths:
         raise UserError(f"{decision_file}: its source shard {stem}.tar is not among --input")
-    return ShardKept(shard_paths[stem], tuple((r[R.KEY], r[R.UID], int(r[R.COPIES])) for r in rows if r[R.KEPT]))
+    return ShardKept(shard_paths[stem], tuple(tables.kept_entry({**r, R.COPIES: int(r[R.COPIES])})
+                                              for r in rows if r[R.KEPT]))
 
 
 def check_reshard_inputs(job: Job) -> None:
@@ -259,7 +349,10 @@ def _progress_monitor(job: Job):
 
     layout = OutputLayout(job.output)
     if job.command in ("run", "score") and job.shards:
-        directory = layout.decisions_dir if job.command == "run" else layout.scores_dir
+        # A run that scores by shard and then selects by part writes its decisions at the very end:
+        # its progress is the scoring, one scores file per shard.
+        scored_first = job.command == "score" or job.execution == "by_shard, then by_part"
+        directory = layout.scores_dir if scored_first else layout.decisions_dir
         return ProgressMonitor(len(job.shards), ParquetDirCounter(directory), label=job.command)
     if job.command == "select":
         if job.metadata_dir:

@@ -37,7 +37,7 @@ from beam_filter.errors import UserError
 from beam_filter.registry import GroupStage, Stage, build_stage, register
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
-_TOP_KEYS = {"name", "description", "stages"}
+_TOP_KEYS = {"name", "description", "stages", "add_back"}
 COMBINATORS = ("any_of", "all_of")
 
 
@@ -67,8 +67,15 @@ class Recipe:
 
     def leaf_stages(self) -> list[Stage]:
         out = []
+
+        def walk(s):        # combinators nest one level (an any_of inside add_back: two)
+            if isinstance(s, Combinator):
+                for c in s.children:
+                    walk(c)
+            else:
+                out.append(s)
         for s in self.stages:
-            out.extend(s.children if isinstance(s, Combinator) else [s])
+            walk(s)
         return out
 
     def model_stages(self) -> list[Stage]:
@@ -117,6 +124,17 @@ class AllOf(Combinator):
     union = False
 
 
+class AddBackSection(Combinator):
+    """The recipe's ``add_back:`` section (addback.py): after every main stage, a dropped row
+    that one of these stages keeps is kept again, with reason ``added_back:<stage id>``.
+
+    Not registered: only the ``add_back`` recipe key makes one, always last."""
+
+    name = "add_back"
+    description = "Rows dropped by the main stages that one of these stages keeps are added back."
+    union = True
+
+
 def list_presets() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
 
@@ -145,16 +163,27 @@ def parse_recipe(raw: Any, source: str = "<recipe>", overrides=()) -> Recipe:
         raise UserError(f"{source}: unknown recipe key(s) {', '.join(sorted(unknown))}; "
                         f"allowed: {', '.join(sorted(_TOP_KEYS))}")
     entries = raw.get("stages")
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"{source}: 'stages' must be a non-empty list")
+    if not isinstance(entries, list):   # [] = keep everything, just reshard (DataComp's no_filter)
+        raise UserError(f"{source}: 'stages' must be a list (an empty list keeps every sample)")
     specs = [_stage_spec(source, e) for e in entries]
+    extra = raw.get("add_back")
+    if extra is not None:       # one section stage, last (addback.py)
+        from beam_filter.addback import SECTION
+
+        if not isinstance(extra, list) or not extra:
+            raise UserError(f"{source}: 'add_back' must be a non-empty list of stages")
+        specs.append({"id": SECTION, "type": SECTION, "params": {},
+                      "children": [_stage_spec(source, e) for e in extra]})
     for ov in overrides:
         _apply_override(specs, ov)
     _check_unique_ids(source, specs)
     stages = [_build(source, s) for s in specs]
     name = str(raw.get("name") or os.path.splitext(os.path.basename(source))[0])
+    main = [s for s in stages if not isinstance(s, AddBackSection)]
     resolved = {"name": name, "description": raw.get("description", ""),
-                "stages": [{s.id: {"type": s.name, **_jsonable(s.config)}} for s in stages]}
+                "stages": [{s.id: {"type": s.name, **_jsonable(s.config)}} for s in main]}
+    if len(main) < len(stages):
+        resolved["add_back"] = stages[-1].config["stages"]
     text = yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False)
     return Recipe(name=name, description=str(raw.get("description", "")), stages=stages,
                   text=text, source=source, raw=raw)
@@ -236,6 +265,13 @@ def _check_unique_ids(source: str, specs: list[dict], seen: set | None = None) -
 
 
 def _build(source: str, spec: dict) -> Stage:
+    if "children" in spec and spec["type"] == AddBackSection.name and spec["id"] == AddBackSection.name:
+        from beam_filter.addback import check_entry
+
+        children = [_build(source, c) for c in spec["children"]]
+        for c in children:
+            check_entry(source, c)
+        return AddBackSection(spec["id"], children)
     if "children" in spec:
         from beam_filter.registry import stage_class
 

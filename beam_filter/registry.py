@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 from beam_filter.errors import UserError
 
@@ -195,6 +195,11 @@ class Stage:
         """What the report and meta.json say about this stage (models, checksums ...)."""
         return {"type": self.name, "params": self.config}
 
+    def fixed_cut(self) -> tuple[str, float] | None:
+        """(column, threshold) of a fixed cut this stage applies, drawn on that column's report
+        histogram (a top fraction's threshold comes from thresholds/ instead); None: none."""
+        return None
+
 
 class RuleStage(Stage):
     """A per-row rule: optional ``features(sample)`` from the bytes, then ``reason(row)``.
@@ -206,6 +211,21 @@ class RuleStage(Stage):
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         raise NotImplementedError(f"{type(self).__name__}.reason")
+
+    def copies(self, row: dict) -> int | None:
+        """Optional: how many times a row this rule keeps is written (a uid listed k times in a
+        DataComp subset, a source's copy count); None = no opinion. Multiplies the row's count."""
+        return None
+
+
+class RankSpec(NamedTuple):
+    """A top-fraction stage's global value: DataComp's rank-n threshold of ``value`` (a row column,
+    or a picklable ``row -> number``) over the rows alive at the stage; ``label`` names it in the
+    report (``ThresholdInfo.column``)."""
+
+    value: Any
+    fraction: float
+    label: str | None = None
 
 
 class ScoredStage(Stage):
@@ -238,9 +258,25 @@ class ScoredStage(Stage):
         a fixed threshold does not); without one the stage decides each row alone."""
         return True
 
-    def global_info(self, alive_rows):
-        """One value computed from every row still alive when the stage is reached, or None."""
+    def rank_spec(self) -> "RankSpec | None":
+        """When the global value is DataComp's rank-n threshold of one number per alive row (a top
+        fraction), say so declaratively: ``global_info`` then computes it with
+        ``transforms/thresholds.ExactRankThreshold``, and ``select`` can compute it from per-part keys
+        without moving any row (``selection.is_rank_staged``, pipeline's fused select)."""
         return None
+
+    def global_info(self, alive_rows):
+        """One value computed from every row still alive when the stage is reached, or None.
+
+        The default computes :meth:`rank_spec`'s exact threshold; override only for another kind
+        of global value (the fused select then falls back to the general graph)."""
+        spec = self.rank_spec()
+        if spec is None:
+            return None
+        from beam_filter.transforms.thresholds import ExactRankThreshold
+
+        return alive_rows | f"{self.id}/RankThreshold" >> ExactRankThreshold(
+            spec.value, spec.fraction, label_column=spec.label)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         raise NotImplementedError(f"{type(self).__name__}.reason")

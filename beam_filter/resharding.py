@@ -43,14 +43,19 @@ class DecisionMismatch(UserError):
     """A source sample is not the one its decision row describes (another pool's decisions)."""
 
 
-def expand_kept(kept) -> list[tuple[str, str, str]]:
-    """(key, uid, copies) in key order -> [(source key, output key, uid)], copies expanded."""
+def expand_kept(kept, uid_keys: bool = False) -> list[tuple[str, str, str]]:
+    """(key, uid, copies) in key order -> [(source key, output key, uid)], copies expanded.
+
+    ``uid_keys``: every sample is named ``{uid}-{j}``, j from 0, even with one copy (DataComp's
+    resharder, which trainers and tools keyed on it expect); else a single copy keeps its key."""
     out = []
-    for key, uid, copies in kept:
-        if copies <= 1:
-            out.append((key, key, uid))
+    for key, uid, copies, *caption in kept:      # caption: output_captions.py, carried along
+        if uid_keys:
+            out.extend((key, f"{uid}-{j}", uid, *caption) for j in range(max(copies, 1)))
+        elif copies <= 1:
+            out.append((key, key, uid, *caption))
         else:
-            out.extend((key, f"{uid}-{j}", uid) for j in range(copies))
+            out.extend((key, f"{uid}-{j}", uid, *caption) for j in range(copies))
     return out
 
 
@@ -76,7 +81,7 @@ def plan_output_shards(counts: list[tuple[str, int]], shard_size: int) -> list[O
     return plan
 
 
-def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
+def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]], blur=None) -> dict:
     """Write one output tar from ``[(source shard, [(source key, output key[, uid])])]``, in that order.
 
     Returns its stats. A source member that has vanished since scoring is counted
@@ -86,7 +91,7 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
     """
     from beam_filter.reading import build_sample
 
-    written = missing = renamed = 0
+    written = missing = renamed = blurred = 0
     sources = []
     used: set[str] = set()      # sample names in this output tar
     with fsio.AtomicWriter(path) as f:
@@ -94,10 +99,13 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
             for shard, entries in parts:
                 out_keys: dict[str, list[str]] = {}
                 expected: dict[str, str] = {}
+                captions: dict[str, str] = {}       # chosen captions (output_captions.py)
                 for src_key, out_key, *uid in entries:
                     out_keys.setdefault(src_key, []).append(out_key)
                     if uid:
                         expected[src_key] = uid[0]
+                    if len(uid) > 1 and uid[1] is not None:
+                        captions[src_key] = uid[1]
                 try:
                     with fsio.open_read(shard) as src:
                         # Streamed in the source's own order: one sample in memory at a time.
@@ -109,6 +117,14 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
                                         f"{shard}: sample {key!r} has uid {found}, its decision row says "
                                         f"{expected[key]}; the decisions were made from another pool "
                                         "(reshard needs the decisions of these very shards)")
+                            if key in captions:
+                                from beam_filter.output_captions import rewrite_members
+
+                                members = rewrite_members(members, captions[key])
+                            if blur is not None:        # --apply-blur (output_blur.py): re-encoded
+                                faces = blur.members(shard, key, members)
+                                blurred += faces is not members
+                                members = faces
                             for out_key in out_keys.pop(key, ()):
                                 name = unique_name(out_key, used)
                                 renamed += name != out_key
@@ -122,6 +138,8 @@ def write_output_shard(path: str, parts: list[tuple[str, list[tuple]]]) -> dict:
     stats = {"count": written, "successes": written, "missing": missing, "sources": sources}
     if renamed:
         stats["renamed"] = renamed
+    if blur is not None:
+        stats["blurred"] = blurred
     return stats
 
 
@@ -137,12 +155,12 @@ def unique_name(name: str, used: set[str]) -> str:
     return out
 
 
-def write_planned_shard(element: tuple, directory: str) -> dict:
+def write_planned_shard(element: tuple, directory: str, blur=None) -> dict:
     """Write output shard ``index`` into ``directory`` (an output's ``shards/``, see
     layout.OutputLayout.shards_dir) from its planned parts (source shards in path order), with stats."""
     index, parts = element
     tar_name = layout.shard_tar_name(index)
-    stats = write_output_shard(fsio.join(directory, tar_name), sorted(parts))
+    stats = write_output_shard(fsio.join(directory, tar_name), sorted(parts), blur)
     stats["shard"] = tar_name
     write_stats(fsio.join(directory, layout.shard_stats_name(index)), stats)
     return stats

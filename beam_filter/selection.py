@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from beam_filter import records as R
-from beam_filter.recipe import Combinator
+from beam_filter.addback import add_back, is_added_back
+from beam_filter.recipe import AddBackSection, Combinator
 from beam_filter.registry import GroupStage, RuleStage, ScoredStage, Stage
+from beam_filter.sources import is_unfiltered
 
 READ_STAGE = "read"
 FAILED_STAGES = "failed_stages"   # every per-row stage the row fails, for the report's overlap matrix
@@ -37,15 +39,35 @@ def is_partwise(stage: Stage) -> bool:
     return isinstance(stage, RuleStage)
 
 
-def decide_rows(rows: list[dict], stages: list[Stage]) -> list[dict]:
-    """Full decisions for rows of one part under partwise stages (``is_partwise``).
+def is_rank_staged(stage: Stage) -> bool:
+    """A scored stage whose only global value is a rank-n threshold it declares (``rank_spec``):
+    select computes it from per-part keys of the alive rows, then decides each part alone."""
+    return isinstance(stage, ScoredStage) and stage.needs_global_info() and stage.rank_spec() is not None
+
+
+def can_select_by_parts(stages: list[Stage]) -> bool:
+    """Whether the fused select (per input part, rows never shuffled) can run this recipe:
+    every top-level stage is partwise or rank-staged (a combinator only of partwise stages)."""
+    return all(is_partwise(s) or is_rank_staged(s) for s in stages)
+
+
+def decide_rows(rows: list[dict], stages: list[Stage], infos: dict | None = None) -> list[dict]:
+    """Full decisions for rows of one part under partwise or rank-staged stages.
 
     The same bookkeeping as the general graph (transforms/select.py): per-row stages
-    through :func:`apply_stage`, row-wise group stages' verdicts for the rows alive
-    when they are reached through :func:`apply_verdict`, so the bytes written match.
+    through :func:`apply_stage` (a rank-staged one with its threshold from ``infos``,
+    keyed by stage id), row-wise group stages' verdicts for the rows alive when they
+    are reached through :func:`apply_verdict`, so the bytes written match.
     """
+    return finish_rows(advance_rows(rows, stages, infos))
+
+
+def advance_rows(rows: list[dict], stages: list[Stage], infos: dict | None = None) -> list[dict]:
+    """Start decisions and apply ``stages`` in order (see :func:`decide_rows`); not finished, so
+    a caller can look at the rows still alive before a later stage (the rank keys pass)."""
     from beam_filter.identity import row_token
 
+    infos = infos or {}
     for row in rows:
         start_decision(row)
     for stage in stages:
@@ -58,8 +80,13 @@ def decide_rows(rows: list[dict], stages: list[Stage]) -> list[dict]:
             for row in rows:
                 apply_verdict(stage.id, row, verdicts.get(row_token(row)))
         else:
+            info = infos.get(stage.id)
             for row in rows:
-                apply_stage(stage, row)
+                apply_stage(stage, row, info)
+    return rows
+
+
+def finish_rows(rows: list[dict]) -> list[dict]:
     return [finish_decision(r) for r in rows]
 
 
@@ -82,9 +109,13 @@ def stage_reason(stage: Stage, row: dict, info: Any = None) -> str | None:
 
 def apply_stage(stage: Stage, row: dict, info: Any = None) -> dict:
     """Apply a per-row stage. Rows dropped earlier are still *evaluated* (for overlaps)
-    when the stage is local, but keep their first reason."""
+    when the stage is local, but keep their first reason. The add-back section (addback.py)
+    may keep a dropped row again."""
     if row.get(R.READ_ERROR):
         return row
+    if isinstance(stage, AddBackSection):
+        infos = info or {}
+        return add_back(row, stage.children, lambda s, r: stage_reason(s, r, infos.get(s.id)))
     alive = row[R.REASON] is None
     if not alive and not is_local(stage):
         return row        # global thresholds are defined on the alive population only
@@ -94,6 +125,10 @@ def apply_stage(stage: Stage, row: dict, info: Any = None) -> dict:
         if alive:
             row[R.REASON] = reason
             row[R.STAGE] = stage.id
+    if alive and isinstance(stage, RuleStage) and (reason is None or is_unfiltered(reason)):
+        n = stage.copies(row)           # e.g. a uid listed k times in a subset file
+        if n is not None:
+            row[R.COPIES] = (1 if row[R.COPIES] is None else int(row[R.COPIES])) * int(n)
     return row
 
 
@@ -116,7 +151,8 @@ def apply_verdict(stage_id: str, row: dict, verdict: R.Verdict | None) -> dict:
 
 
 def finish_decision(row: dict) -> dict:
-    kept = row[R.REASON] is None
+    # kept: no reason, added back (addback.py), or of a source kept past the filters (sources.py)
+    kept = row[R.REASON] is None or is_added_back(row[R.REASON]) or is_unfiltered(row[R.REASON])
     row[R.KEPT] = kept
     copies = row[R.COPIES]
     row[R.COPIES] = (1 if copies is None else int(copies)) if kept else 0

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
-from beam_filter.selection import decide_locally, decide_rows
+from beam_filter.selection import advance_rows, decide_locally, decide_rows
 from beam_filter.layout import OutputLayout, embeddings_beside
 from beam_filter.tables import ShardKept, write_shard_tables
 
@@ -86,6 +86,71 @@ def score_row(sample: R.Sample) -> dict:
     return row
 
 
+class LoadedModel(NamedTuple):
+    """A model stage with its handler and the model that handler loaded (once per worker)."""
+
+    stage: object
+    handler: object
+    model: object
+
+    def batch_size(self) -> int:
+        kwargs = self.handler.batch_elements_kwargs() or {}
+        size = kwargs.get("max_batch_size") or getattr(self.stage.p, "batch_size", None) or 64
+        return max(1, int(size))
+
+
+def load_models(model_stages) -> list[LoadedModel]:
+    out = []
+    for stage in model_stages:
+        handler = stage.model_handler()
+        out.append(LoadedModel(stage, handler, handler.load_model()))
+    return out
+
+
+def apply_models(samples: list[R.Sample], models: list[LoadedModel], clock: StageClock | None = None) -> None:
+    """Run each model stage over ``samples`` in its handler's batch size, as RunModelStages does
+    through RunInference: the same inputs, the same columns, the same reasons
+    (``feature_error:<stage>`` when its input cannot be built, ``model_error:<stage>`` when its
+    output cannot be read), samples already unusable skip the models."""
+    for m in models:
+        stage = m.stage
+        ready, inputs = [], []
+        for sample in samples:
+            if sample.error is not None:
+                continue
+            try:
+                inputs.append(stage.model_input(sample))
+                ready.append(sample)
+            except Exception as e:  # noqa: BLE001 - one bad record never fails the job
+                _log.warning("stage %s: model input failed for %s/%s: %s: %s",
+                             stage.id, sample.shard, sample.key, type(e).__name__, e)
+                sample.error = f"{FEATURE_ERROR}:{stage.id}"
+        size = m.batch_size()
+        for i in range(0, len(ready), size):
+            t0 = time.perf_counter()
+            results = list(m.handler.run_inference(inputs[i:i + size], m.model))
+            if clock is not None:
+                clock.add(stage.id, time.perf_counter() - t0, len(results))
+            for sample, result in zip(ready[i:i + size], results):
+                merge_model_output(stage, sample, result)
+
+
+def merge_model_output(stage, sample: R.Sample, result) -> R.Sample:
+    """One model output into the sample's columns (handlers may return Beam's PredictionResult)."""
+    try:
+        cols = stage.model_columns(getattr(result, "inference", result))
+    except Exception as e:  # noqa: BLE001 - an output the stage cannot read drops that sample only
+        _log.warning("stage %s: unreadable model output for %s/%s: %s: %s",
+                     stage.id, sample.shard, sample.key, type(e).__name__, e)
+        if sample.error is None:
+            sample.error = f"model_error:{stage.id}"
+        return sample
+    sample.features.update(cols)
+    if cols.get(R.READ_ERROR) and sample.error is None:
+        sample.error = cols[R.READ_ERROR]
+    return sample
+
+
 class ShardResult(NamedTuple):
     kept: ShardKept | None
     errors: list            # FileError dicts
@@ -94,7 +159,7 @@ class ShardResult(NamedTuple):
 
 
 def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout, metadata: dict,
-                  resumed: bool = False) -> ShardResult:
+                  resumed: bool = False, models: list[LoadedModel] = ()) -> ShardResult:
     """Read, score and decide one shard; write its scores and decisions files.
 
     ``select_stages`` None: score only (``beam-filter score``), no decisions file.
@@ -113,12 +178,26 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
         rows = [decide_locally(r, select_stages) for r in tables.read_rows(layout.scores(path))]
     else:
         rows = []
+        window: list[R.Sample] = []
+        # With models, samples wait in a window of one batch (their bytes are held that long),
+        # then leave as byte-free rows: memory is one batch plus the shard's rows.
+        size = max((m.batch_size() for m in models), default=1)
+
+        def flush():
+            apply_models(window, models, clock)
+            for sample in window:
+                row = score_row(sample)
+                rows.append(decide_locally(row, select_stages) if decide else row)
+            window.clear()
+
         for item in read_shard(path):
             if isinstance(item, FileError):
                 errors.append(item.as_dict())
                 continue
-            row = score_row(add_features(item, feature_stages, clock))
-            rows.append(decide_locally(row, select_stages) if decide else row)
+            window.append(add_features(item, feature_stages, clock))
+            if len(window) >= size:
+                flush()
+        flush()
     kept = None
     if rows:
         kept = write_shard_tables(layout, path, rows, write_scores=not resumed, write_decisions=decide,
@@ -133,24 +212,29 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
     return ShardResult(kept, errors, counts, clock.totals)
 
 
-def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
-                embeddings: tuple = ()) -> ShardResult:
-    """The fused select of one input part: a scores file, or a DataComp metadata (parquet, npz) pair.
-
-    Rows are read, decided by partwise stages (selection.is_partwise: per-row rules, fixed
-    thresholds, row-wise group stages such as image_based) and written as that part's decisions
-    file, in the worker that read them: no row crosses a shuffle, and memory is
-    bounded by the largest part, not by the pool. The general graph
-    (transforms/select.py) writes the same bytes (a test checks it).
-    """
+def read_part_rows(part, embeddings: tuple = ()) -> list[dict]:
+    """The rows of one select input part: a scores file, or a DataComp metadata (parquet, npz) pair."""
     if isinstance(part, (tuple, list)):
         from beam_filter.datacomp_metadata import iter_metadata_rows
 
         parquet, npz = part
-        rows = list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None))
-    else:       # a scores file of a score run
-        rows = tables.read_rows(part, embeddings_beside(part))
-    rows = decide_rows(rows, select_stages)
+        return list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None))
+    return tables.read_rows(part, embeddings_beside(part))       # a scores file of a score run
+
+
+def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
+                embeddings: tuple = (), infos: dict | None = None) -> ShardResult:
+    """The fused select of one input part: a scores file, or a DataComp metadata (parquet, npz) pair.
+
+    Rows are read, decided by partwise stages (selection.is_partwise: per-row rules, fixed
+    thresholds, row-wise group stages such as image_based) and rank-staged ones (a top
+    fraction whose threshold, computed beforehand from every part's keys, comes in
+    ``infos`` by stage id), and written as that part's decisions file, in the worker that
+    read them: no row crosses a shuffle, and memory is bounded by the largest part, not
+    by the pool. The general graph (transforms/select.py) writes the same bytes (a test
+    checks it).
+    """
+    rows = decide_rows(read_part_rows(part, embeddings), select_stages, infos)
     kept = None
     if rows:
         kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,
@@ -159,6 +243,28 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
     for r in rows:
         counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
     return ShardResult(kept, [], counts, {})
+
+
+def part_rank_keys(part, select_stages, rank_index: int, embeddings: tuple = (),
+                   infos: dict | None = None):
+    """The rank keys of one part for the rank-staged stage ``select_stages[rank_index]``.
+
+    The part's rows go through the stages before it (with ``infos`` for earlier rank
+    stages), and the stage's value of each row still alive becomes an order-preserving
+    key (``rules.exact_rank.key_batch``): 8 bytes a row leave the worker, which is all
+    the exact rank-n search needs (``transforms/thresholds.RankOfKeyBatches``).
+    """
+    from beam_filter.rules.exact_rank import as_number, key_batch
+
+    stage = select_stages[rank_index]
+    value = stage.rank_spec().value
+    get = value if callable(value) else (lambda row: row.get(value))
+    rows = advance_rows(read_part_rows(part, embeddings), select_stages[:rank_index], infos)
+    values = []
+    for row in rows:
+        if row[R.REASON] is None:
+            values.append(as_number(get(row)))
+    return key_batch(values)
 
 
 def process_shard_path(path: str, feature_stages, select_stages, layout: OutputLayout, metadata: dict,

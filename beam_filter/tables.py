@@ -11,6 +11,8 @@ array, because numpy loads them directly for clustering and dedup, and a
 from __future__ import annotations
 
 import io
+import itertools
+import operator
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -33,9 +35,9 @@ META_RECIPE_HASH = b"beam_filter.recipe_hash"
 
 def split_embeddings(rows: list[dict]) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Move 1-D numpy columns out of the rows into stacked fp16 arrays (rows without one get NaN)."""
-    emb_cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, np.ndarray)})
-    if not emb_cols:
+    if not any(issubclass(t, np.ndarray) for t in _value_types(rows)):     # the common case, fast
         return rows, {}
+    emb_cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, np.ndarray)})
     arrays = {}
     for col in emb_cols:
         dim = next(r[col].shape[0] for r in rows if isinstance(r.get(col), np.ndarray))
@@ -49,13 +51,21 @@ def split_embeddings(rows: list[dict]) -> tuple[list[dict], dict[str, np.ndarray
     return slim, arrays
 
 
+def _value_types(rows: list[dict]) -> set[type]:
+    """The types of every value in ``rows`` (C-speed: no Python call per value)."""
+    return set(map(type, itertools.chain.from_iterable(map(dict.values, rows))))
+
+
 def rows_to_table(rows: list[dict], drop: Iterable[str] = ()) -> pa.Table:
     drop = set(drop)
-    names = {k for r in rows for k in r} - drop
+    names = set().union(*rows) - drop
     order = [c for c in _FIRST if c in names] + sorted(names - set(_FIRST))
+    numpy_scalars = any(issubclass(t, np.generic) for t in _value_types(rows))
     columns = {}
     for name in order:
-        values = [_plain(r.get(name)) for r in rows]
+        values = list(map(operator.methodcaller("get", name), rows))
+        if numpy_scalars:
+            values = [_plain(v) for v in values]
         if name in _STRING_COLUMNS:
             columns[name] = pa.array(values, type=pa.string())
             continue
@@ -143,5 +153,15 @@ def write_shard_tables(layout: OutputLayout, shard: str, rows: list[dict], *,
                    embeddings_path=layout.embeddings(shard))
     if write_decisions:
         write_rows(layout.decisions(shard), rows, metadata=metadata)
-    kept = tuple((r[R.KEY], r[R.UID], r[R.COPIES]) for r in rows if r.get(R.KEPT))
+    kept = tuple(kept_entry(r) for r in rows if r.get(R.KEPT))
     return ShardKept(shard, kept)
+
+
+def kept_entry(row: dict) -> tuple:
+    """(key, uid, copies), plus the caption to write when the recipe chose one other than the
+    source's (output_captions.py; the writer then rewrites .txt/.json, else copies bytes)."""
+    from beam_filter.output_captions import OUTPUT_CAPTION
+
+    entry = (row[R.KEY], row[R.UID], row[R.COPIES])
+    caption = row.get(OUTPUT_CAPTION)
+    return entry + (caption,) if isinstance(caption, str) else entry

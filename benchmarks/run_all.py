@@ -22,8 +22,22 @@ BENCHES = [
     ("bench_clip_tokenizer", "bench_clip.py", ["--tokenizer", "--n", "20000"], True),
     ("bench_cluster", "bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000"], True),
     ("bench_mlm", "bench_mlm.py", [], False),
-    ("bench_select", "bench_select.py", ["--rows", "20000", "200000", "--recipes", "datacomp_basic",
-                                         "datacomp_clip_l14_30pct", "image_based"], True),
+    # Issue 14's sizes: 20k, 320k and 1.28M metadata rows, every DataComp baseline (~15 min on 2 cores).
+    ("bench_select", "bench_select.py", ["--rows", "20000", "320000", "1280000", "--recipes", "datacomp_basic",
+                                         "datacomp_clip_l14_30pct", "datacomp_b32_th025", "image_based",
+                                         "image_based_intersect_clip_score"], True),
+    ("bench_dbp", "bench_dbp.py", ["--sizes", "100000", "1000000", "--beam", "100000"], True),
+    ("bench_uid_subset", "bench_uid_subset.py", ["--uids", "20000000", "--lookups", "200000"], True),
+    ("bench_text_detect", "bench_text_detect.py", ["--n", "48"], True),
+    ("bench_devil", "bench_devil.py", ["--n", "64"], True),
+    # issue 14 side by side; full sizes: docs/benchmarks_vs_peers.md. Skipped (a JSON line says so)
+    # without a DataComp checkout and the peer's virtualenv.
+    ("bench_vs_datacomp", "bench_vs_datacomp.py", ["--rows", "20000"], True),
+    ("bench_score_vs_loop_rules", "bench_score_vs_loop.py", ["--samples", "2000", "--kinds", "rules"], True),
+    ("bench_score_vs_loop_clip", "bench_score_vs_loop.py", ["--samples", "256", "--kinds", "clip",
+                                                            "--repeat", "1", "--shard-size", "128"], True),
+    # issue 16: captions/s (tiny twin and a random blip-base-shaped BLIP) and SIEVE pairs/s (real MiniLM)
+    ("bench_captions", "bench_captions.py", ["--n", "8", "--sieve-samples", "256"], True),
 ]
 
 

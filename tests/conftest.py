@@ -339,3 +339,112 @@ def _imports_of(tree):
 def imports_of():
     """The import lister the infra tests check layers and the suite layout with."""
     return _imports_of
+
+
+# ---- scene text (T-MARS, OCR rules) ------------------------------------------------------------
+
+_TEXT_WORDS = ("SALE", "hello", "OPEN", "coffee", "Welcome", "STOP", "garden", "MUSIC", "river", "NEWS",
+               "travel", "PIZZA", "summer", "BOOKS", "market", "HOTEL", "winter", "PARK", "sunset", "LIVE")
+
+
+def _textured(rng, w, h):
+    """A smooth random texture with noise: no flat background for a detector to lean on."""
+    from PIL import Image, ImageFilter
+
+    import numpy as np
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    f = rng.uniform(0.01, 0.05, 2)
+    tex = (np.sin(xx * f[0] + rng.uniform(0, 6)) * np.cos(yy * f[1]) * 20)[..., None]
+    arr = np.clip(rng.integers(40, 216, 3) + tex + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).filter(ImageFilter.GaussianBlur(1))
+
+
+def _elongated_shapes(rng, img, n):
+    """Bars and thin ellipses: shapes a text detector mistakes for text lines."""
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(img)
+    w, h = img.size
+    for _ in range(n):
+        bw, bh = int(rng.integers(w // 4, w * 3 // 4)), int(rng.integers(6, 20))
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        box, col = [x, y, x + bw, y + bh], tuple(int(c) for c in rng.integers(0, 256, 3))
+        (d.rectangle if rng.random() < 0.5 else d.ellipse)(box, fill=col)
+
+
+def _text_image(rng, w=320, h=240, n_words=2):
+    """(PIL image, ground-truth word boxes (x0, y0, x1, y1), words): words rendered in Pillow's
+    bundled font over a texture with one elongated shape."""
+    from PIL import ImageDraw, ImageFont
+
+    import numpy as np
+
+    img = _textured(rng, w, h)
+    _elongated_shapes(rng, img, 1)
+    d = ImageDraw.Draw(img)
+    boxes, words = [], []
+    y = int(rng.integers(10, 40))
+    for _ in range(n_words):
+        word = _TEXT_WORDS[int(rng.integers(len(_TEXT_WORDS)))]
+        font = ImageFont.load_default(size=int(rng.integers(28, 44)))
+        l, t, r, b = d.textbbox((0, 0), word, font=font)
+        x = int(rng.integers(5, max(6, w - (r - l) - 5)))
+        dark = np.asarray(img)[y:y + b, x:x + r].mean() < 128
+        d.text((x, y), word, font=font, fill=(250, 250, 250) if dark else (10, 10, 10))
+        boxes.append((x + l, y + t, x + r, y + b))
+        words.append(word)
+        y += (b - t) + int(rng.integers(15, 40))
+        if y > h - 50:
+            break
+    return img, boxes, words
+
+
+def _shape_image(rng, w=320, h=240):
+    """A text-free image: texture and 3-6 elongated shapes."""
+    img = _textured(rng, w, h)
+    _elongated_shapes(rng, img, int(rng.integers(3, 7)))
+    return img
+
+
+def _write_text_pool(directory, n_text=6, n_plain=6, seed=0) -> list[dict]:
+    """One shard ``directory/00000000.tar``: text images whose caption is their words (even keys of
+    the first half: the words plus "on a sign"), text-free shape images, and a corrupt image last.
+    Returns per sample {key, uid, words, boxes, caption, kind}."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    out = []
+    with tarfile.open(os.path.join(directory, "00000000.tar"), "w") as t:
+        for i in range(n_text + n_plain + 1):
+            key = f"{i:09d}"
+            uid = hashlib.md5(f"text-{key}".encode()).hexdigest()
+            if i < n_text:
+                img, boxes, words = _text_image(rng)
+                caption, kind = " ".join(words) + (" on a sign" if i % 2 == 0 else ""), "text"
+                data = _jpeg(img, 92)
+            elif i < n_text + n_plain:
+                img, boxes, words = _shape_image(rng), [], []
+                caption, kind, data = "colourful stripes on a wall", "plain", _jpeg(img, 92)
+            else:
+                boxes, words, caption, kind, data = [], [], "a broken picture", "corrupt", b"\xff\xd8broken"
+            meta = json.dumps({"uid": uid, "url": f"http://x/{i}", "caption": caption}).encode()
+            for ext, blob in (("jpg", data), ("txt", caption.encode()), ("json", meta)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(blob)
+                t.addfile(info, io.BytesIO(blob))
+            out.append({"key": key, "uid": uid, "words": words, "boxes": boxes, "caption": caption,
+                        "kind": kind})
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_images():
+    """Scene-text images made with Pillow: ``text_image(rng, w, h) -> (img, word boxes, words)``,
+    ``shape_image(rng, w, h) -> img`` (text-free elongated shapes), ``jpeg(img, quality)``, and
+    ``write_pool(dir, n_text, n_plain, seed) -> [sample dicts]`` (one shard, a corrupt image last)."""
+    import types
+
+    return types.SimpleNamespace(text_image=_text_image, shape_image=_shape_image, jpeg=_jpeg,
+                                 write_pool=_write_text_pool)

@@ -61,7 +61,8 @@ def write_synthetic_metadata(directory: str, n: int, seed: int = 0, parts: int =
         "b32_img": _unit(concepts_b[which] + 0.6 * rng.normal(size=(n, 512)) / np.sqrt(512) * 8),
         "b32_txt": _unit(concepts_b[which] + 0.9 * rng.normal(size=(n, 512)) / np.sqrt(512) * 8),
     }
-    faces = [[[0.1, 0.1, 0.3, 0.4]] if rng.random() < 0.1 else [] for _ in range(n)]
+    has_face = [rng.random() < 0.1 for _ in range(n)]       # (the draws the uids/sha256 after it rely on)
+    faces = _face_boxes(has_face, np.random.default_rng([seed, 17]))
     os.makedirs(directory, exist_ok=True)
     paths = []
     bounds = np.linspace(0, n, parts + 1).astype(int)
@@ -87,3 +88,17 @@ def write_synthetic_metadata(directory: str, n: int, seed: int = 0, parts: int =
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _face_boxes(has_face: list[bool], rng: np.random.Generator) -> list[list[list[float]]]:
+    """1-3 normalised [x0, y0, x1, y1] boxes per face row (small to half-image faces, some
+    overlapping), [] elsewhere: DataComp's ``face_bboxes`` layout, for the face_area stage."""
+    out = []
+    for face in has_face:
+        boxes = []
+        for _ in range(int(rng.integers(1, 4)) if face else 0):
+            w, h = rng.uniform(0.05, 0.7, size=2)
+            x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            boxes.append([round(float(v), 4) for v in (x0, y0, x0 + w, y0 + h)])
+        out.append(boxes)
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 
 from beam_filter.errors import UserError
 from beam_filter.models import mlm_prompts as P
@@ -188,3 +189,170 @@ def write_tiny_mlm(directory: str, seed: int = 0) -> str:
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     return directory
+
+
+# --------------------------------------------------------------------------- captioners (BLIP, BLIP-2)
+_CAPTION_WORDS = (
+    "a an the of picture photo image stock on in with and at near two dog cat man woman child car "
+    "red blue green white black street beach table room tree sky water house food plate sitting "
+    "standing running parked building night day small large old young people group"
+).split()
+
+
+def _tiny_bert_tokenizer(directory: str):
+    """A tiny uncased WordPiece vocabulary (BLIP's tokenizer family) with BLIP's ``[DEC]`` bos token."""
+    from transformers import BertTokenizerFast
+
+    os.makedirs(directory, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_CAPTION_WORDS,
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz0123456789.,-'"]
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(dict.fromkeys(vocab)) + "\n")
+    tok = BertTokenizerFast(path, do_lower_case=True, bos_token="[DEC]")   # transformers 5: `vocab` is positional
+    tok.save_pretrained(directory)
+    return tok
+
+
+def _save_clip_image_processor(directory: str, size: int) -> None:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from transformers import BlipImageProcessor
+
+    BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(OPENAI_DATASET_MEAN),
+                       image_std=list(OPENAI_DATASET_STD), resample=3).save_pretrained(directory)
+
+
+def write_tiny_blip(directory: str, seed: int = 0) -> str:
+    """Write a tiny random ``BlipForConditionalGeneration`` (ViT 2x32 on 32 px, BERT decoder 2x32) with a
+    tiny WordPiece vocabulary and BLIP's image processor config; returns ``directory``."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    tok = _tiny_bert_tokenizer(directory)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
+                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=16, projection_dim=32)
+    cfg = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = BlipForConditionalGeneration(cfg).eval()
+    net.save_pretrained(directory)
+    _save_clip_image_processor(directory, 32)
+    return directory
+
+
+def write_tiny_blip2(directory: str, seed: int = 0) -> str:
+    """Write a tiny random ``Blip2ForConditionalGeneration`` (ViT, 1-layer Q-Former with 4 queries, OPT
+    2x32) with a tiny WordPiece vocabulary plus an ``<image>`` token; returns ``directory``."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    tok = _tiny_bert_tokenizer(directory)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.save_pretrained(directory)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=16)
+    qformer = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                   num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64)
+    text = dict(model_type="opt", vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128,
+                bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    cfg = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                      image_token_index=image_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Blip2ForConditionalGeneration(cfg).eval()
+    net.save_pretrained(directory)
+    _save_clip_image_processor(directory, 32)
+    return directory
+
+
+def write_tiny_blip_itm(directory: str, seed: int = 0) -> str:
+    """Write a tiny random ``BlipForImageTextRetrieval`` (ViT 2x32 on 32 px, BERT text encoder 2x32 with
+    cross-attention, ITM head) with the tiny WordPiece vocabulary and BLIP's image processor config;
+    returns ``directory`` (what models/blip_itm.py loads)."""
+    import torch
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    tok = _tiny_bert_tokenizer(directory)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
+                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=16, projection_dim=32)
+    cfg = BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = BlipForImageTextRetrieval(cfg).eval()
+    net.save_pretrained(directory)
+    _save_clip_image_processor(directory, 32)
+    return directory
+
+
+def write_tiny_fast(directory: str, seed: int = 0, side: int = 512) -> str:
+    """Write a tiny random FAST twin (TorchScript) with the contract of ``models/text_detect.FastDetector``:
+    ``(N, 3, side, side)`` ImageNet-normalised RGB in, ``(N, 1, side/4, side/4)`` kernel logits out
+    (FAST predicts at 1/4 resolution). Three convolutions, not FAST's TextNet: it exercises the
+    handler's pre- and post-processing, not the detector's accuracy. Returns the file path."""
+    import torch
+
+    class TinyFast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 1, 1))
+
+        def forward(self, x):
+            return self.body(x)
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "tiny-fast.pt")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = TinyFast().eval()
+        probe = torch.randn(1, 3, side, side)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)     # TorchScript is deprecated, still the format
+        # Centre the logits so about half the map is "text": the post-processing then has
+        # components to label, measure and outline.
+        net.body[-1].bias -= net(probe).median()
+        traced = torch.jit.trace(net, torch.zeros(1, 3, side, side))
+        torch.jit.save(traced, path)
+    return path
+
+
+# --------------------------------------------------------------------------- HYPE (hyperbolic CLIP)
+def write_tiny_hype(directory: str, seed: int = 0, n_reference: int = 16) -> tuple[str, str, str]:
+    """Write a tiny HYPE twin: (model config json, checkpoint, reference set); see ``models/hype.py``.
+
+    The towers are :func:`write_tiny_clip`'s tiny ``ViT-L-14`` family; the checkpoint is a plain
+    state dict, as the authors release it, with the learned log-scalars ``curvature`` (c = 0.7)
+    and ``alpha_img``/``alpha_txt`` (chosen so tangent norms land near 1-3, where cones are
+    neither degenerate nor clamped); ``reference.pt`` holds ``{"img", "txt"}`` tangent features.
+    """
+    import math
+
+    import torch
+
+    cfg_path, clip_ckpt = write_tiny_clip(directory, like="ViT-L-14", seed=seed)
+    state = torch.load(clip_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    os.remove(clip_ckpt)
+    state["curvature"] = torch.tensor(math.log(0.7))
+    state["alpha_img"] = torch.tensor(math.log(0.35))
+    state["alpha_txt"] = torch.tensor(math.log(0.35))
+    ckpt = os.path.join(directory, "tiny-hype.pt")
+    torch.save(state, ckpt)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        dim = state["text_projection"].shape[1]
+        ref = {k: torch.randn(n_reference, dim) * (0.8 / math.sqrt(dim)) * torch.linspace(1, 3, n_reference)[:, None]
+               for k in ("img", "txt")}
+    reference = os.path.join(directory, "reference.pt")
+    torch.save(ref, reference)
+    return cfg_path, ckpt, reference

@@ -7,6 +7,12 @@ Example element: ``(image_bytes, caption)``. Per example the handler returns::
      "flipped_score": cosine(mirror(image), text)  # "The Devil is in the Details",
      "error": None | "corrupt_image"}
 
+With ``mask_fill`` set (T-MARS), examples are ``(image_bytes, caption, text_boxes)``
+(``rules/ocr.encode_boxes`` polygons) and the output adds ``"masked_score"``: cosine of the
+image with those regions filled (``rules/ocr.fill_regions``) and the text. The masked view
+comes from the same decode and runs in the same forward pass as the other views; an image
+without boxes is its own masked view, so its masked score is its score.
+
 For an image that does not decode, ``error`` is ``"corrupt_image"``, both scores are
 NaN and ``image_embedding`` is all zeros (the text embedding is still real); the
 batch goes on. The mirrored image is made from the same decoded pixels and runs
@@ -54,7 +60,8 @@ from beam_filter.errors import UserError
 from beam_filter.fsio import file_sha256, is_remote
 from beam_filter.models.base import local_copy, resolve_device
 from beam_filter.models.clip_tokenizer import fast_tokenizer
-from beam_filter.models.image_prep import CpuImagePrep, GpuJpegPrep, PrepConfig, normalize_on_device
+from beam_filter.models.image_prep import (CpuImagePrep, GpuJpegPrep, PrepConfig, PreparedBatch,
+                                           normalize_on_device)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODERS = ("cpu", "gpu")
@@ -212,7 +219,8 @@ class ClipRunner:
     """
 
     def __init__(self, model: str, pretrained: str | None, device: str, precision: str,
-                 draft: bool, decode_threads: int | None, decode: str, flip: bool = True):
+                 draft: bool, decode_threads: int | None, decode: str, flip: bool = True,
+                 mask_fill: str | None = None):
         import torch
 
         self.net, pcfg, self.tokenizer = load_clip(model, pretrained, device, precision)
@@ -232,6 +240,11 @@ class ClipRunner:
         else:
             self.prep = self.cpu_prep
         self.flip = flip
+        # T-MARS: examples carry text boxes; their masked view joins the same forward pass.
+        self.mask_fill = mask_fill
+        if mask_fill is not None and decode == "gpu":
+            raise UserError("the masked CLIP view is prepared on the CPU (one decode for all views); "
+                            "use decode=cpu with masked=true")
         self._model_lock = threading.Lock()
         self._tok_lock = threading.Lock()
         self._local = threading.local()
@@ -259,36 +272,56 @@ class ClipRunner:
         n = len(examples)
         stream = self._stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            batch = self.prep.prepare(images)           # no lock: the thread pool is shared
+            if self.mask_fill is not None:
+                from beam_filter.rules.ocr import decode_boxes
+
+                regions = [decode_boxes(e[2]) if len(e) > 2 else [] for e in examples]
+                batch = self.cpu_prep.prepare_masked(images, regions, self.mask_fill)
+            else:
+                batch = self.prep.prepare(images)       # no lock: the thread pool is shared
+            masked_idx = sorted(batch.masked) if batch.masked else []
             with self._tok_lock:
                 tokens = self.tokenizer(captions)
             # The lock covers enqueueing the forward pass, not waiting for it: the next
             # thread queues its batch while this one's results come back.
             with self._model_lock, torch.inference_mode():
                 x, xf = normalize_on_device(batch, self.prep_cfg, self.device, self.dtype, self.flip)
-                feats = self.net.encode_image(torch.cat([x, xf]) if self.flip else x)
+                views = [x, xf] if self.flip else [x]
+                if masked_idx:
+                    only = PreparedBatch(np.stack([batch.masked[i] for i in masked_idx]), {}, [])
+                    views.append(normalize_on_device(only, self.prep_cfg, self.device, self.dtype, False)[0])
+                feats = self.net.encode_image(torch.cat(views) if len(views) > 1 else x)
                 txt = self.net.encode_text(tokens.to(self.device, non_blocking=True))
                 feats = torch.nn.functional.normalize(feats.float(), dim=-1)
                 txt = torch.nn.functional.normalize(txt.float(), dim=-1)
                 img = feats[:n]
                 score = (img * txt).sum(-1, keepdim=True)
-                flipped = ((feats[n:] * txt).sum(-1, keepdim=True) if self.flip
+                flipped = ((feats[n:2 * n] * txt).sum(-1, keepdim=True) if self.flip
                            else torch.full_like(score, float("nan")))
-                packed = torch.cat([img, txt, score, flipped], 1)
+                # Masked score: the image itself where there was nothing to mask.
+                masked = score.clone()
+                if masked_idx:
+                    rows = torch.tensor(masked_idx, device=score.device)
+                    masked[rows] = (feats[-len(masked_idx):] * txt[rows]).sum(-1, keepdim=True)
+                packed = torch.cat([img, txt, score, flipped, masked], 1)
                 del x, xf, feats
             host = packed.cpu().numpy()                 # one device-to-host copy, one sync
         d = img.shape[1]
         img, txt = host[:, :d], host[:, d:2 * d]
-        score, flipped = host[:, 2 * d], host[:, 2 * d + 1]
+        score, flipped, masked = host[:, 2 * d], host[:, 2 * d + 1], host[:, 2 * d + 2]
         out = []
         for i, err in enumerate(batch.errors):
             if err is None:
                 out.append({"image_embedding": img[i], "text_embedding": txt[i],
                             "score": float(score[i]), "flipped_score": float(flipped[i]),
                             "error": None})
+                if self.mask_fill is not None:
+                    out[-1]["masked_score"] = float(masked[i])
             else:
                 out.append({"image_embedding": np.zeros_like(img[i]), "text_embedding": txt[i],
                             "score": float("nan"), "flipped_score": float("nan"), "error": err})
+                if self.mask_fill is not None:
+                    out[-1]["masked_score"] = float("nan")
         return out
 
 
@@ -308,7 +341,8 @@ class ClipModelHandler(ModelHandler):
     def __init__(self, model: str, pretrained: str | None = None, device: str = "auto",
                  batch_size: int = 64, precision: str = "auto", draft: bool = False,
                  decode_threads: int | None = None, decode: str = "cpu",
-                 share_across_processes: bool = False, model_copies: int = 1, flip: bool = True):
+                 share_across_processes: bool = False, model_copies: int = 1, flip: bool = True,
+                 mask_fill: str | None = None):
         if not model:
             raise UserError("CLIP model name is empty")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -321,6 +355,11 @@ class ClipModelHandler(ModelHandler):
             raise UserError(f"decode_threads must be >= 1, not {decode_threads!r}")
         if model_copies < 1:
             raise UserError(f"model_copies must be >= 1, not {model_copies!r}")
+        if mask_fill is not None:
+            from beam_filter.rules.ocr import FILLS
+
+            if mask_fill not in FILLS:
+                raise UserError(f"unknown mask_fill {mask_fill!r}: use one of {', '.join(FILLS)}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size,
                          large_model=share_across_processes,
                          model_copies=model_copies if share_across_processes else None)
@@ -333,10 +372,11 @@ class ClipModelHandler(ModelHandler):
         self.decode_threads = decode_threads
         self.decode = decode
         self.flip = flip
+        self.mask_fill = mask_fill
 
     def load_model(self) -> ClipRunner:
         return ClipRunner(self.model, self.pretrained, self.device, self.precision, self.draft,
-                          self.decode_threads, self.decode, self.flip)
+                          self.decode_threads, self.decode, self.flip, self.mask_fill)
 
     def run_inference(self, batch: Sequence[tuple[bytes, str]], model: ClipRunner,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:

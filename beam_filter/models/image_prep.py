@@ -213,15 +213,44 @@ def prepare_image(data: bytes, cfg: PrepConfig, draft: bool = True):
     With ``draft=False`` both are bit-identical to open_clip's eval transform of the
     image and of ``ImageOps.mirror(image)`` (before ToTensor/Normalize).
     """
+    return _views(decode(data, cfg, draft), cfg)
+
+
+def _views(img, cfg: PrepConfig):
+    """(crop, mirror or None) of a decoded image: :func:`prepare_image` after the decode."""
     from PIL import Image
 
-    img = decode(data, cfg, draft)
     geo = geometry(img.width, img.height, cfg)
     crop, mirror = crop_pair(resize_rgb(img, geo, cfg), geo, cfg.size)
     if img.mode in _NEAREST_MODES:
         flipped = resize_rgb(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), geo, cfg)
         mirror = flipped[geo.top:geo.top + cfg.size, geo.left:geo.left + cfg.size]
     return crop, mirror
+
+
+def prepare_image_masked(data: bytes, cfg: PrepConfig, draft: bool, regions, fill: str):
+    """One decode -> (crop, mirror or None, masked crop): the views of :func:`prepare_image` plus
+    the image with ``regions`` (polygons in the full-size pixel frame, e.g. text boxes) filled
+    by ``rules.ocr.fill_regions`` before the same resize and crop (T-MARS' masked view).
+
+    The masked view is filled on the RGB image, then resized: with ``draft=False`` it equals
+    open_clip's eval transform of ``fill_regions(image.convert("RGB"))``. Under ``draft`` the
+    polygons are scaled to the reduced decode.
+    """
+    from PIL import Image
+
+    from beam_filter.rules.ocr import fill_regions
+
+    img = decode(data, cfg, draft)
+    crop, mirror = _views(img, cfg)
+    full = probe_image(data)
+    sx = img.width / full.width if full.width else 1.0
+    sy = img.height / full.height if full.height else 1.0
+    polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) * (sx, sy) for p in regions]
+    filled = Image.fromarray(fill_regions(np.asarray(img.convert("RGB")), polys, fill))
+    geo = geometry(filled.width, filled.height, cfg)
+    masked = resize_rgb(filled, geo, cfg)[geo.top:geo.top + cfg.size, geo.left:geo.left + cfg.size]
+    return crop, mirror, masked
 
 
 @dataclasses.dataclass
@@ -236,13 +265,15 @@ class PreparedBatch:
     ``pixels[i, :, ::-1]``. ``mirror_windows``: when set, (B, S, S, 3) like
     ``pixels`` such that the mirrored crops are ``mirror_windows[:, :, ::-1]``
     (``mirrors`` is then unused). ``errors``: per image None, ``"corrupt_image"`` or
-    ``"image_too_large"`` (its pixels are a black placeholder).
+    ``"image_too_large"`` (its pixels are a black placeholder). ``masked``: index -> masked
+    crop, for the images given regions to fill (:func:`prepare_image_masked`).
     """
 
     pixels: object
     mirrors: dict
     errors: list
     mirror_windows: object = None
+    masked: dict | None = None     # index -> uint8 (S, S, 3) masked crop (CpuImagePrep with regions)
 
 
 def default_threads() -> int:
@@ -285,6 +316,37 @@ class CpuImagePrep:
             return crop, mirror, None
         except Exception as e:  # untrusted bytes: any decoder failure is a reason, never a crash
             return None, None, decode_error(e)
+
+    def prepare_masked(self, images: Sequence[bytes], regions: Sequence, fill: str) -> PreparedBatch:
+        """:meth:`prepare` plus, for each image whose ``regions`` entry is non-empty, its masked
+        crop in ``masked`` (one decode per image for all three views)."""
+        pixels, out = self._alloc(len(images))
+
+        def one(i: int):
+            try:
+                if regions[i]:
+                    crop, mirror, masked = prepare_image_masked(images[i], self.cfg, self.draft,
+                                                                regions[i], fill)
+                else:
+                    (crop, mirror), masked = prepare_image(images[i], self.cfg, self.draft), None
+                out[i] = crop
+                return mirror, masked, None
+            except Exception as e:  # untrusted bytes: any decoder failure is a reason, never a crash
+                out[i] = 0
+                return None, None, decode_error(e)
+
+        if self.threads > 1 and len(images) > 1:
+            results = list(self._executor().map(one, range(len(images))))
+        else:
+            results = [one(i) for i in range(len(images))]
+        mirrors, masked, errors = {}, {}, []
+        for i, (mirror, m, err) in enumerate(results):
+            errors.append(err)
+            if mirror is not None:
+                mirrors[i] = mirror
+            if m is not None:
+                masked[i] = m
+        return PreparedBatch(pixels, mirrors, errors, masked=masked)
 
     def _alloc(self, n: int):
         s = self.cfg.size

@@ -65,7 +65,10 @@ def write_report(output_dir: str, samples_per_group: int = SAMPLES_PER_GROUP,
     data = scan(output_dir, samples_per_group=samples_per_group)
     pngs = make_plots(data)
     wanted = [(r.get("shard"), r.get("key")) for rows in data.samples.values() for r in rows]
-    thumbs = fetch_thumbnails(wanted, size=thumb_px) if wanted else {}
+    # Detected text regions (text_detect) are drawn on the thumbnails: what was masked or measured.
+    boxes = {(str(r.get("shard")), str(r.get("key"))): r["text_boxes"]
+             for rows in data.samples.values() for r in rows if r.get("text_boxes")}
+    thumbs = fetch_thumbnails(wanted, size=thumb_px, boxes=boxes) if wanted else {}
     images = {k: "data:image/png;base64," + base64.b64encode(v).decode("ascii") for k, v in pngs.items()}
     page = render(data, images, thumbs, __version__)
 

@@ -31,14 +31,17 @@ import pyarrow.compute as pc
 from beam_filter import fsio, tables
 from beam_filter import records as R
 from beam_filter.errors import UserError
+from beam_filter.addback import REASON_PREFIX as ADDED_BACK_PREFIX
 from beam_filter.layout import OutputLayout
 
 READ_STAGE = "read"
 KEPT_GROUP = "kept"
 FAILED_STAGES = "failed_stages"   # optional list<str> column: every stage a row fails
 HIST_BINS = 40
+TEXT_BOXES = "text_boxes"          # text_detect's polygons: drawn on the thumbnails (stages/ocr.py)
+OCR_TEXT = "ocr_text"              # ... and what it read, shown under them
 _SAMPLE_COLUMNS = (R.UID, R.SHARD, R.KEY, R.KEPT, R.COPIES, R.REASON, R.STAGE, R.CAPTION,
-                   R.WIDTH, R.HEIGHT, R.URL, R.READ_ERROR)
+                   R.WIDTH, R.HEIGHT, R.URL, R.READ_ERROR, TEXT_BOXES, OCR_TEXT)
 
 
 def reason_class(reason: str | None) -> str | None:
@@ -55,6 +58,7 @@ class FunnelStep:
     n_in: int
     dropped: int
     n_out: int
+    added: int = 0      # rows the recipe's add_back section kept again (addback.py)
 
 
 @dataclasses.dataclass
@@ -87,6 +91,9 @@ class ClusterSizes:
     sizes: np.ndarray    # rows per cluster, sorted descending
     kept: np.ndarray     # kept rows of the same clusters, same order
     missing: int
+    # Per-cluster values a stage recorded beside ``<id>_cluster`` (dbp: ``<id>_complexity``,
+    # ``<id>_allocation``), keyed by suffix, same order as ``sizes``; "id" holds the cluster ids.
+    stats: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -117,6 +124,7 @@ class ReportData:
     samples: dict[str, list[dict]]       # group -> sample rows, smallest sha256(uid) first
     group_order: list[str]
     warnings: list[str]
+    added_back: dict = dataclasses.field(default_factory=dict)   # add-back stage id -> rows added
 
 
 def load_meta(output_dir: str) -> tuple[dict, list[str]]:
@@ -142,8 +150,9 @@ def _is_number(t: pa.DataType) -> bool:
 
 
 def _histogram_columns(schema: dict[str, pa.DataType], thresholds: dict) -> list[str]:
-    """Scores worth a histogram: numeric ``*_score`` columns and every thresholded column."""
-    cols = {n for n, t in schema.items() if _is_number(t) and n.endswith("_score")}
+    """Scores worth a histogram: numeric ``*_score`` and ``*_fraction`` (face / text area) columns
+    and every thresholded column."""
+    cols = {n for n, t in schema.items() if _is_number(t) and n.endswith(("_score", "_fraction"))}
     for spec in thresholds.values():
         col = spec.get("column") if isinstance(spec, dict) else None
         if col in schema and _is_number(schema[col]):
@@ -151,10 +160,40 @@ def _histogram_columns(schema: dict[str, pa.DataType], thresholds: dict) -> list
     return sorted(cols)
 
 
+CLUSTER_STAT_SUFFIXES = ("complexity", "allocation")
+
+
+def _cluster_stat_columns(schema: dict[str, pa.DataType], cluster_col: str) -> dict[str, str]:
+    """suffix -> column of the per-cluster values recorded beside an ``<id>_cluster`` column."""
+    if not cluster_col.endswith("_cluster"):
+        return {}
+    base = cluster_col[:-len("cluster")]
+    return {s: base + s for s in CLUSTER_STAT_SUFFIXES if base + s in schema}
+
+
 def _cluster_columns(schema: dict[str, pa.DataType]) -> list[str]:
     return sorted(n for n, t in schema.items()
                   if pa.types.is_integer(t) and (n == "cluster" or n.endswith("_cluster")
                                                  or n.startswith("cluster_")))
+
+
+def _fixed_cuts(meta: dict) -> dict[str, dict]:
+    """{stage id: {"column", "threshold"}} of the fixed cuts the recipe's stages apply
+    (``Stage.fixed_cut``, e.g. text_area's max_fraction), shaped like thresholds/ entries so the
+    histogram of that column shows the cut. A stage that no longer builds is skipped."""
+    from beam_filter.registry import build_stage
+
+    out = {}
+    for st in (meta.get("recipe") or {}).get("stages") or []:
+        if not isinstance(st, dict) or not isinstance(st.get("id"), str):
+            continue
+        try:
+            cut = build_stage(st["id"], str(st.get("type")), dict(st.get("params") or {})).fixed_cut()
+        except Exception:  # noqa: BLE001 - an old or foreign recipe: no cut drawn, the page still renders
+            continue
+        if cut is not None:
+            out[st["id"]] = {"column": cut[0], "threshold": float(cut[1])}
+    return out
 
 
 def _thresholds_by_column(thresholds: dict) -> dict[str, list[tuple[str, float]]]:
@@ -265,6 +304,14 @@ class _ClusterAcc:
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
         self.missing = 0
+        self.stats: dict[str, dict[int, float]] = {}     # suffix -> {cluster id: value}
+
+    def add_stat(self, name: str, ids: np.ndarray, values: np.ndarray) -> None:
+        """One value per cluster (the same on each of its rows): the first seen is kept."""
+        seen = self.stats.setdefault(name, {})
+        u, first = np.unique(ids, return_index=True)
+        for i, j in zip(u.tolist(), first.tolist()):
+            seen.setdefault(i, float(values[j]))
 
     def add(self, ids: np.ndarray, kept: np.ndarray) -> None:
         u, inv = np.unique(ids, return_inverse=True)
@@ -289,7 +336,12 @@ class _ClusterAcc:
     def result(self, column: str) -> ClusterSizes:
         self._reduce()
         order = np.lexsort((self.ids, -self.rows))     # biggest first, ties by id
-        return ClusterSizes(column, self.rows[order], self.kept[order], self.missing)
+        stats = {}
+        if self.stats:
+            stats["id"] = self.ids[order]
+            for name, seen in self.stats.items():
+                stats[name] = np.array([seen.get(int(i), np.nan) for i in self.ids[order]], np.float64)
+        return ClusterSizes(column, self.rows[order], self.kept[order], self.missing, stats)
 
 
 class _SampleAcc:
@@ -439,6 +491,7 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
         raise UserError(f"{output_dir}/decisions: parquet files lack column(s) {missing}")
 
     thresholds = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
+    thresholds = {**_fixed_cuts(meta), **thresholds}
     thr_by_col = _thresholds_by_column(thresholds)
     hist_cols = _histogram_columns(schema, thresholds)
     ranges = _column_ranges(paths, ft, hist_cols)
@@ -454,12 +507,15 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
     overlap = _OverlapAcc([st for st, _ in order if st != READ_STAGE], thresholds, set(schema))
 
     wanted = set(_SAMPLE_COLUMNS) | set(hist_cols) | set(cluster_cols) | set(overlap.columns)
+    cluster_stats = {c: _cluster_stat_columns(schema, c) for c in cluster_cols}
+    wanted |= {col for st in cluster_stats.values() for col in st.values()}
     if FAILED_STAGES in schema:
         wanted.add(FAILED_STAGES)
     samples = _SampleAcc(samples_per_group)
     total = kept_n = copies_n = 0
     stage_drops: Counter = Counter()
     reasons: Counter = Counter()
+    added_back: Counter = Counter()
     shard_counts: dict[str, list[int]] = {}
 
     for path, file_cols in zip(paths, ft.columns):
@@ -485,6 +541,12 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
                              pc.binary_join_element_wise("dropped_by_", stage_or_unknown, ""))
         groups = pc.if_else(kept_pa, KEPT_GROUP, rclass)
         drops = pa.table({"r": rclass, "s": drop_stage}).filter(pc.invert(kept_pa))
+        # added back (addback.py): dropped at `stage` in the funnel, then added by the section
+        added = pc.and_(kept_pa, pc.fill_null(pc.starts_with(reason, ADDED_BACK_PREFIX), False))
+        for rec in pa.table({"r": reason, "s": stage_or_unknown}).filter(added).group_by(["r", "s"]).aggregate(
+                [("r", "count")]).to_pylist():
+            added_back[rec["r"][len(ADDED_BACK_PREFIX):]] += rec["r_count"]
+            stage_drops[rec["s"]] += rec["r_count"]
         for rec in drops.group_by(["r", "s"]).aggregate([("r", "count")]).to_pylist():
             stage_drops[rec["s"]] += rec["r_count"]
             reasons[(rec["r"], rec["s"])] += rec["r_count"]
@@ -511,6 +573,9 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
             acc.missing += int((~valid).sum())
             ids = np.asarray(pc.drop_null(col).to_numpy(zero_copy_only=False), np.int64)
             acc.add(ids, kept[valid].astype(np.int64))
+            for name, stat_col in cluster_stats[c].items():
+                if stat_col in cols:
+                    acc.add_stat(name, ids, _as_float(tbl.column(stat_col))[valid])
         overlap.add(tbl, drop_stage)
         samples.add(tbl, groups, hist_cols)
 
@@ -518,8 +583,9 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
     funnel, n_in = [], total
     for sid, stype in order:
         d = stage_drops.get(sid, 0)
-        funnel.append(FunnelStep(sid, stype, n_in, d, n_in - d))
-        n_in -= d
+        a = sum(added_back.values()) if stype == "add_back" else 0
+        funnel.append(FunnelStep(sid, stype, n_in, d, n_in - d + a, a))
+        n_in += a - d
     unknown = stage_drops.get("unknown", 0)
     if unknown:
         warnings.append(f"{unknown} dropped rows have no `stage`")
@@ -543,7 +609,7 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
         shards=[ShardCount(s, c[0], c[1]) for s, c in sorted(shard_counts.items(), key=lambda x: str(x[0]))],
         histograms=histograms, clusters=[acc.result(c) for c, acc in sorted(cluster_acc.items())],
         overlap=overlap.result(FAILED_STAGES in schema, [st for st, _ in order]) if overlap.stages else None,
-        samples=sample_rows, group_order=group_order, warnings=warnings)
+        samples=sample_rows, group_order=group_order, warnings=warnings, added_back=dict(sorted(added_back.items())))
 
 
 def _compare_with_meta(meta: dict, total: int, kept: int, copies: int, funnel: list[FunnelStep]) -> list[str]:

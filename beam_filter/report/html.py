@@ -241,7 +241,9 @@ def _funnel(data: ReportData) -> str:
             f'data-dropped="{s.dropped}" data-out="{s.n_out}">'
             f'<td class="num muted">{i}</td><td><strong>{e(s.stage)}</strong></td>'
             f'<td class="muted">{e(s.type)}</td><td class="num">{_n(s.n_in)}</td>'
-            f'<td class="num">{_n(s.dropped)} <span class="muted">({_pct(s.dropped, s.n_in)})</span></td>'
+            f'<td class="num">{_n(s.dropped)} <span class="muted">({_pct(s.dropped, s.n_in)})</span>'
+            + (f' <span class="added" data-added="{s.added}">+{_n(s.added)} added back</span>' if s.added else "")
+            + "</td>"
             f'<td class="num">{_n(s.n_out)}</td>'
             f'<td class="barcell" title="{gone:,} dropped earlier">{bar}'
             f"<small>{_pct(s.n_out, total)} of all samples remain</small></td></tr>")
@@ -255,7 +257,20 @@ def _funnel(data: ReportData) -> str:
         '<div class="legend"><span><i style="background:var(--kept)"></i>remaining after the stage</span>'
         '<span><i style="background:var(--drop)"></i>dropped by the stage</span>'
         '<span><i style="background:#f1f5f9;border:1px solid var(--line)"></i>dropped earlier</span></div>'
-        "</section>")
+        + _added_back(data) + "</section>")
+
+
+def _added_back(data: ReportData) -> str:
+    """The recipe's add_back section (addback.py): rows kept again, by the stage that chose them."""
+    if not data.added_back:
+        return ""
+    rows = "".join(f'<tr class="added-back" data-stage="{e(sid)}" data-count="{n}"><td><code>added_back:'
+                   f'{e(sid)}</code></td><td class="num">{_n(n)}</td><td class="num">{_pct(n, data.kept)}</td></tr>'
+                   for sid, n in data.added_back.items())
+    return ('<h3 id="added-back">Added back</h3><p class="note">Rows the main stages dropped and a stage of '
+            "the recipe's <code>add_back</code> section kept again (reason <code>added_back:&lt;stage&gt;</code>)."
+            '</p><table class="funnel"><thead><tr><th>Reason</th><th class="num">Rows</th>'
+            '<th class="num">Share of kept</th></tr></thead><tbody>' + rows + "</tbody></table>")
 
 
 def _reasons(data: ReportData) -> str:
@@ -343,8 +358,30 @@ def _clusters(data: ReportData, images: dict[str, str]) -> str:
         out.append(f'<figure data-column="{e(c.column)}" data-clusters="{sizes.size}">'
                    f'{_img(images[f"clusters_{c.column}"], f"cluster sizes of {c.column}")}'
                    f"<figcaption>{stats}</figcaption></figure>")
+    tables = "".join(_cluster_stats_table(c) for c in data.clusters if c.stats)
     return ('<section id="clusters"><h2>Cluster sizes</h2><p class="note">Rows per cluster, largest first, '
-            f'with the rows each cluster keeps.</p><div class="figs">{"".join(out)}</div></section>')
+            f'with the rows each cluster keeps.</p><div class="figs">{"".join(out)}</div>{tables}</section>')
+
+
+CLUSTER_STATS_ROWS = 200
+
+
+def _cluster_stats_table(c) -> str:
+    """Per-cluster values a stage recorded (dbp: complexity, allocation) beside rows and kept."""
+    names = [k for k in c.stats if k != "id"]
+    head = "".join(f'<th class="num">{e(k)}</th>' for k in names)
+    body = []
+    for i in range(min(len(c.sizes), CLUSTER_STATS_ROWS)):
+        vals = "".join(f'<td class="num">{c.stats[k][i]:.6g}</td>' for k in names)
+        body.append(f'<tr class="cluster-stat" data-cluster="{int(c.stats["id"][i])}">'
+                    f'<td class="num">{int(c.stats["id"][i])}</td><td class="num">{_n(c.sizes[i])}</td>'
+                    f'<td class="num">{_n(c.kept[i])}</td>{vals}</tr>')
+    more = (f'<p class="note">{_n(len(c.sizes) - CLUSTER_STATS_ROWS)} smaller clusters not listed.</p>'
+            if len(c.sizes) > CLUSTER_STATS_ROWS else "")
+    return (f'<h3>Per-cluster statistics of <code>{e(c.column)}</code></h3><div style="overflow-x:auto">'
+            f'<table class="cluster-stats" data-column="{e(c.column)}"><thead><tr><th class="num">Cluster</th>'
+            f'<th class="num">Rows</th><th class="num">Kept</th>{head}</tr></thead><tbody>{"".join(body)}'
+            f'</tbody></table></div>{more}')
 
 
 def _shards(data: ReportData, images: dict[str, str]) -> str:
@@ -391,6 +428,8 @@ def _sample_card(row: dict, group: str, thumb, score_cols: list[str]) -> str:
             meta.append((c, _fmt_value(v)))
     if row.get("width") and row.get("height"):
         meta.append(("size", f"{_fmt_value(row['width'])}×{_fmt_value(row['height'])}"))
+    if row.get("ocr_text"):     # text_detect's reading of the outlined boxes
+        meta.append(("ocr", clip(row["ocr_text"], 40)))
     if group == KEPT_GROUP:
         copies = row.get("copies")
         if isinstance(copies, int) and copies > 1:

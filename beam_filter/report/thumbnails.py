@@ -42,14 +42,18 @@ class Thumb(tuple):
         return self[1]
 
 
-def make_thumbnail(data: bytes, size: int = THUMB_PX) -> bytes:
-    """Encoded image bytes -> a baseline JPEG fitting in ``size`` x ``size`` (aspect kept)."""
+def make_thumbnail(data: bytes, size: int = THUMB_PX, boxes: str | None = None) -> bytes:
+    """Encoded image bytes -> a baseline JPEG fitting in ``size`` x ``size`` (aspect kept).
+
+    ``boxes``: text polygons in the image's pixel frame (``rules/ocr.encode_boxes``), outlined
+    in red on the thumbnail."""
     probe = probe_image(data)      # header first: Pillow warns about a bomb as soon as it opens it
     if probe.width and probe.height and probe.width * probe.height > _MAX_PIXELS:
         raise ValueError(f"image too large to preview ({probe.width}x{probe.height})")
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > _MAX_PIXELS:
             raise ValueError(f"image too large to preview ({img.width}x{img.height})")
+        full_w, full_h = img.size
         img.draft("RGB", (size * 2, size * 2))   # JPEG: decode at a reduced scale, much faster
         if img.mode in ("RGBA", "LA", "P", "PA"):
             rgba = img.convert("RGBA")
@@ -58,9 +62,27 @@ def make_thumbnail(data: bytes, size: int = THUMB_PX) -> bytes:
         else:
             im = img.convert("RGB")
         im.thumbnail((size, size), Image.Resampling.BICUBIC)
+        if boxes:
+            _draw_boxes(im, boxes, im.width / full_w, im.height / full_h)
         out = io.BytesIO()
         im.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=False, progressive=False)
         return out.getvalue()
+
+
+def _draw_boxes(im, boxes: str, sx: float, sy: float) -> None:
+    """Outline each polygon of ``boxes`` (full-size pixel frame) on ``im``, scaled by (sx, sy)."""
+    from PIL import ImageDraw
+
+    from beam_filter.rules.ocr import decode_boxes
+
+    try:
+        polys = decode_boxes(boxes)
+    except ValueError:      # not our encoding: show the image without boxes
+        return
+    draw = ImageDraw.Draw(im)
+    for poly in polys:
+        pts = [(float(x) * sx, float(y) * sy) for x, y in poly]
+        draw.polygon(pts, outline=(255, 0, 0), width=1)
 
 
 def _image_member(members: dict[str, bytes]) -> bytes | None:
@@ -226,7 +248,7 @@ def _with_shard(path: str, read) -> str:
             return f"shard unreadable ({type(e).__name__})"
 
 
-def _shard_thumbs(path: str, keys: set[str], size: int) -> dict[tuple[str, str], Thumb]:
+def _shard_thumbs(path: str, keys: set[str], size: int, boxes: dict | None = None) -> dict[tuple[str, str], Thumb]:
     members, note = read_members(path, keys)
     out = {}
     for key in sorted(keys):
@@ -235,7 +257,7 @@ def _shard_thumbs(path: str, keys: set[str], size: int) -> dict[tuple[str, str],
             out[(path, key)] = Thumb((None, note or "image not found in shard"))
             continue
         try:
-            jpeg = make_thumbnail(image, size)
+            jpeg = make_thumbnail(image, size, (boxes or {}).get((path, key)))
         except Exception as e:  # any decoder failure is a property of the data, not a bug
             out[(path, key)] = Thumb((None, f"undecodable image ({type(e).__name__})"))
             continue
@@ -244,8 +266,9 @@ def _shard_thumbs(path: str, keys: set[str], size: int) -> dict[tuple[str, str],
 
 
 def fetch_thumbnails(wanted: Iterable[tuple[str, str]], size: int = THUMB_PX,
-                     workers: int = 8) -> dict[tuple[str, str], Thumb]:
-    """Thumbnails for ``(shard, key)`` pairs, one pass per shard, shards read in parallel threads."""
+                     workers: int = 8, boxes: dict | None = None) -> dict[tuple[str, str], Thumb]:
+    """Thumbnails for ``(shard, key)`` pairs, one pass per shard, shards read in parallel threads.
+    ``boxes``: ``(shard, key) -> text_boxes`` string, outlined on those thumbnails."""
     by_shard: dict[str, set[str]] = {}
     for shard, key in wanted:
         if shard is None or key is None:
@@ -256,6 +279,6 @@ def fetch_thumbnails(wanted: Iterable[tuple[str, str]], size: int = THUMB_PX,
     if not shards:
         return out
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(shards)))) as pool:
-        for result in pool.map(lambda s: _shard_thumbs(s, by_shard[s], size), shards):
+        for result in pool.map(lambda s: _shard_thumbs(s, by_shard[s], size, boxes), shards):
             out.update(result)
     return out

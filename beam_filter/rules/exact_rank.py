@@ -74,6 +74,16 @@ class Search(NamedTuple):
     done: bool = False
 
 
+def as_number(v):
+    """A row's rank value as a float (None stays None: ranked like NaN); one clear error otherwise."""
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"rank threshold: score {v!r} is not a number") from None
+
+
 def key_batch(values: Iterable) -> KeyBatch:
     arr = as_float_array(values)
     finite = arr[~np.isnan(arr)]

@@ -12,6 +12,14 @@ flipped_score`` filters on the score of the mirrored image instead ("The Devil i
 in the Details": scene text stops inflating the score). With neither threshold
 nor fraction the stage only scores (other stages read its columns).
 
+T-MARS (``masked: true``): the stage also scores the image with the ``text_boxes`` of the
+same sample filled with their mean colour (``mask_fill``), written as
+``{id}_masked_score`` and filtered with ``filter_on: masked_score``. The boxes come from
+a ``text_detect`` stage placed *before* this one in the recipe (model stages run in
+recipe order on the same sample, so the clip stage reads that sample's column); the
+masked view is cut from the same decode and encoded in the same forward pass as the
+plain and mirrored views. An image without boxes is its own masked view.
+
 DataComp metadata (``select --metadata``): the rows have no ``{id}_score``; the
 stage then reads DataComp's own column for its model, computed with OpenAI
 weights -- ``ViT-L-14`` -> ``clip_l14_similarity_score`` (embeddings ``l14_img``/
@@ -31,7 +39,10 @@ import numpy as np
 from beam_filter.errors import UserError
 from beam_filter.records import READ_ERROR
 from beam_filter.columns import need
-from beam_filter.registry import Param, ScoredStage, register
+from beam_filter.registry import Param, RankSpec, ScoredStage, register
+from beam_filter.rules.ocr import decode_boxes
+
+TEXT_BOXES = "text_boxes"     # written by the text_detect stage (stages/ocr.py)
 
 TINY_DIR = "clip_tiny"
 # DataComp metadata columns by open_clip model name (all computed with OpenAI weights).
@@ -104,7 +115,12 @@ class ClipStage(ScoredStage):
         "fraction": Param(float, None, "keep this top fraction of the alive rows (DataComp rank-n rule)",
                           check=_fraction_ok, check_msg="must be in (0, 1]"),
         "filter_on": Param(str, "score", "which score the threshold applies to",
-                           choices=("score", "flipped_score")),
+                           choices=("score", "flipped_score", "masked_score")),
+        "masked": Param(bool, False, "T-MARS: also score the image with the text_boxes of an earlier "
+                        "text_detect stage filled ({id}_masked_score), in the same forward pass"),
+        "mask_fill": Param(str, "polygon_mean", "how masked regions are filled: polygon_mean (each "
+                           "polygon with its own mean colour) or box_mean (each bounding box with its mean)",
+                           choices=("polygon_mean", "box_mean")),
     }
     score_params = ("model", "pretrained", "precision", "draft", "decode", "flip")
 
@@ -115,12 +131,18 @@ class ClipStage(ScoredStage):
             raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
         if p.filter_on == "flipped_score" and not p.flip:
             raise UserError(f"stage {stage_id!r}: filter_on=flipped_score needs flip=true")
+        if p.filter_on == "masked_score" and not p.masked:
+            raise UserError(f"stage {stage_id!r}: filter_on=masked_score needs masked=true")
+        if p.masked and p.decode == "gpu":
+            raise UserError(f"stage {stage_id!r}: masked=true prepares the views on the CPU; use decode=cpu")
+        self.masked_column = f"{stage_id}_masked_score"
         self.score_column = f"{stage_id}_score"
         self.flipped_column = f"{stage_id}_flipped_score"
         self.image_column = f"{stage_id}_image_embedding"
         self.text_column = f"{stage_id}_text_embedding"
         meta = metadata_columns(p.model) if p.pretrained == "openai" else None
-        filtered = self.score_column if p.filter_on == "score" else self.flipped_column
+        filtered = {"score": self.score_column, "flipped_score": self.flipped_column,
+                    "masked_score": self.masked_column}[p.filter_on]
         fallback = meta[0] if meta and p.filter_on == "score" else None
         self.getter = ScoreGetter(stage_id, filtered, fallback, p.model)
         self.below = f"{stage_id}_{p.filter_on}_below_threshold"
@@ -139,16 +161,28 @@ class ClipStage(ScoredStage):
             raise UserError(f"stage {self.id!r}: pretrained={p.pretrained!r}: no such checkpoint file; "
                             f"set --set {self.id}.pretrained=PATH or a pretrained tag (openai, ...)")
 
+    def score_config(self) -> dict | None:
+        """The masked view changes what is scored only when it is on: recipes without it keep
+        the score hash (and the scores on disk) they had before the mode existed."""
+        cfg = super().score_config()
+        if self.p.masked:
+            cfg.update(masked=True, mask_fill=self.p.mask_fill)
+        return cfg
+
     # ---- columns -------------------------------------------------------------
     def score_columns(self) -> tuple[str, ...]:
         flipped = (self.flipped_column,) if self.p.flip else ()
-        return (self.score_column,) + flipped + (self.image_column, self.text_column)
+        masked = (self.masked_column,) if self.p.masked else ()
+        return (self.score_column,) + flipped + masked + (self.image_column, self.text_column)
 
     def needs(self):
+        # masked: the text boxes of the same sample, from a text_detect stage earlier in the recipe.
+        boxes = (need(TEXT_BOXES, what="text regions to mask, from a text_detect stage before this one"),) \
+            if self.p.masked else ()
         if self.p.threshold is None and self.p.fraction is None:
-            return ()       # scores only: other stages read its columns
+            return boxes    # scores only: other stages read its columns
         g = self.getter
-        return (need(g.column, g.fallback, what=f"the {self.p.filter_on} filtered on"),)
+        return boxes + (need(g.column, g.fallback, what=f"the {self.p.filter_on} filtered on"),)
 
     # ---- score phase --------------------------------------------------------
     def model_handler(self):
@@ -159,9 +193,15 @@ class ClipStage(ScoredStage):
                       decode=p.decode, share_across_processes=p.share_across_processes)
         if not p.flip:
             kwargs["flip"] = False
+        if p.masked:
+            kwargs["mask_fill"] = p.mask_fill
         return ClipModelHandler(p.model, p.pretrained, **kwargs)
 
     def model_input(self, sample):
+        if self.p.masked:
+            boxes = sample.features.get(TEXT_BOXES) or ""
+            decode_boxes(boxes)         # malformed boxes fail this sample here, not the batch
+            return (sample.image, sample.caption, boxes)
         return (sample.image, sample.caption)
 
     def model_columns(self, inference) -> dict:
@@ -173,21 +213,20 @@ class ClipStage(ScoredStage):
                 self.text_column: np.asarray(out["text_embedding"], dtype=np.float32).ravel()}
         if self.p.flip:
             cols[self.flipped_column] = float(out["flipped_score"])
+        if self.p.masked:
+            cols[self.masked_column] = float(out["masked_score"])
         return cols
 
     # ---- select phase ---------------------------------------------------------
     def needs_global_info(self) -> bool:
         return self.p.fraction is not None
 
-    def global_info(self, alive_rows):
+    def rank_spec(self) -> RankSpec | None:
         if self.p.fraction is None:
             return None
-        from beam_filter.transforms.thresholds import ExactRankThreshold
-
         g = self.getter
         label = g.column if g.fallback is None else f"{g.column} (metadata rows: {g.fallback})"
-        return alive_rows | f"{self.id}/RankThreshold" >> ExactRankThreshold(
-            g, self.p.fraction, label_column=label)
+        return RankSpec(g, self.p.fraction, label)
 
     def threshold_of(self, info) -> float | None:
         if self.p.fraction is not None:
@@ -222,7 +261,8 @@ class ClipStage(ScoredStage):
 
         p = self.p
         out = {"type": self.name, "params": self.config, "model": clip_provenance(p.model, p.pretrained),
-               "columns": [self.score_column, self.flipped_column, self.image_column, self.text_column],
+               "columns": [self.score_column, self.flipped_column, self.image_column, self.text_column]
+               + ([self.masked_column] if p.masked else []),
                "filter_on": p.filter_on}
         meta = metadata_columns(p.model) if p.pretrained == "openai" else None
         if meta:

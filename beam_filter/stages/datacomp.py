@@ -10,9 +10,10 @@ them to the score and select phases.
 * ``text_based``: fastText lid.176 ``en`` AND an ImageNet-21k WordNet concept in the caption.
 * ``image_based``: caption pre-filter (fastText ``en``, more than 1 fastText token,
   more than 5 characters), then the image embedding's nearest centroid (argmax inner
-  product) must be a *target* centroid. ``centroids``: a (k, d) float .npy;
-  ``targets``: an int .npy of target centroid ids
-  (``np.save("targets.npy", cluster.centroids.target_centroids(C, imagenet_l14_feats))``).
+  product) must be a *target* centroid. ``centroids``: a (k, d) float .npy or DataComp's
+  ``.pt``; ``targets``: files of target centroid ids or of target embeddings (DataComp's
+  ``in1k_clip_vit_l14_{0..4}.pt``, whose nearest centroids are the targets), .npy or .pt.
+  A row's centroid does not depend on its batch (tie rule: ``cluster/centroids.py``).
   The rows are searched in batches by ``transforms/cluster.NearestCentroidVerdicts``.
 
 A row fails with the first failing test in the order written above (DataComp only
@@ -29,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_filter import fsio
-from beam_filter.cluster.centroids import CentroidIndex, TargetClusters, target_cluster_verdicts
+from beam_filter.cluster.centroids import (CentroidIndex, TargetClusters, load_centroids_file, load_target_ids,
+                                           parse_target_paths, target_cluster_verdicts)
 from beam_filter.errors import UserError
 from beam_filter.records import CAPTION, Verdict
 from beam_filter.process_cache import once_per_process
@@ -48,14 +49,16 @@ DATACOMP_L14_IMG = "l14_img"
 
 # ---- per-process caches --------------------------------------------------------------------
 
-def load_npy(path: str, what: str = "array") -> np.ndarray:
-    """``np.load(path, allow_pickle=False)`` (local or gs://), once per process; ``what`` names it in errors."""
-    return once_per_process("npy", path, lambda: fsio.load_npy(path, what))
-
-
 def centroid_index(path: str) -> CentroidIndex:
-    """The CentroidIndex of a centroid .npy, built once per process."""
-    return once_per_process("centroid_index", path, lambda: CentroidIndex(load_npy(path, "centroids")))
+    """The CentroidIndex of a centroid .npy or .pt, built once per process."""
+    return once_per_process("centroid_index", path, lambda: CentroidIndex(load_centroids_file(path)))
+
+
+def target_ids(centroids: str, targets) -> np.ndarray:
+    """Target centroid ids from ``targets`` (ids or embeddings, several files), once per process."""
+    paths = tuple(parse_target_paths(targets))
+    return once_per_process("image_based_targets", (centroids, paths),
+                            lambda: load_target_ids(paths, centroid_index(centroids)))
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -130,9 +133,11 @@ class ImageBased(FastTextLanguage, GroupStage):
     description = ("DataComp image_based baseline: English, > 1 fastText token, > 5 chars, and the "
                    "image embedding's nearest centroid is one of the target (ImageNet-nearest) centroids")
     params = {
-        "centroids": Param(str, None, "(k, d) float .npy of centroids (DataComp: 100k on L/14)", required=True),
-        "targets": Param(str, None, "int .npy of target centroid ids (see cluster.centroids.target_centroids)",
-                         required=True),
+        "centroids": Param(str, None, "(k, d) float centroids, .npy or DataComp's .pt (e.g. "
+                           "medium_centroids_l14.pt; 100k on L/14; beam-filter build-centroids)", required=True),
+        "targets": Param((str, list), None, "target centroid ids (1-D int) or target embeddings (2-D float, "
+                         "e.g. DataComp's in1k_clip_vit_l14_{0..4}.pt: their nearest centroids), .npy or .pt; "
+                         "several files as a list or comma-separated", required=True),
         "embedding": Param(str, None, "image embedding column (default: {clip_stage}_image_embedding "
                            "when rows have it, else DataComp's l14_img)"),
         "clip_stage": Param(str, None, "id of a clip stage (model ViT-L-14) whose image embedding to use"),
@@ -164,7 +169,7 @@ class ImageBased(FastTextLanguage, GroupStage):
     def target_clusters(self) -> TargetClusters:
         """The centroid index and target ids of this stage's files, loaded once per process."""
         return TargetClusters(centroid_index(self.p.centroids),
-                              load_npy(self.p.targets, "image_based targets"), source=self.p.targets)
+                              target_ids(self.p.centroids, self.p.targets), source=str(self.p.targets))
 
     row_wise = True     # caption pre-filter and nearest centroid: each row on its own
 
@@ -182,11 +187,16 @@ class ImageBased(FastTextLanguage, GroupStage):
         from beam_filter.fsio import file_sha256, is_remote
 
         out = {"type": self.name, "params": self.config}
-        for key in ("centroids", "targets"):
-            path = getattr(self.p, key)
-            if path and not is_remote(path):
-                try:
-                    out[f"{key}_sha256"] = file_sha256(path)
-                except OSError:
-                    pass
+        files = {"centroids": [self.p.centroids] if self.p.centroids else [],
+                 "targets": parse_target_paths(self.p.targets) if self.p.targets else []}
+        for key, paths in files.items():
+            sums = []
+            for path in paths:
+                if not is_remote(path):
+                    try:
+                        sums.append(file_sha256(path))
+                    except OSError:
+                        pass
+            if sums:
+                out[f"{key}_sha256"] = sums[0] if len(paths) == 1 else sums
         return out

@@ -24,7 +24,7 @@ from typing import Any
 from beam_filter.errors import UserError
 from beam_filter.models import mlm_prompts as P
 from beam_filter.columns import need
-from beam_filter.registry import Param, ScoredStage, register
+from beam_filter.registry import Param, RankSpec, ScoredStage, register
 from beam_filter.rules.mlm import rank_reason, threshold_reason
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
@@ -152,13 +152,11 @@ class MLMFilter(ScoredStage):
     def needs_global_info(self) -> bool:
         return self.rank_metric is not None
 
-    def global_info(self, alive_rows):
+    def rank_spec(self) -> RankSpec | None:
         if self.rank_metric is None:
             return None
-        from beam_filter.transforms.thresholds import ExactRankThreshold
-
-        return alive_rows | f"{self.id}/RankThreshold" >> ExactRankThreshold(
-            self.columns[self.rank_metric], self.p.fraction)
+        column = self.columns[self.rank_metric]
+        return RankSpec(column, self.p.fraction, column)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         why = threshold_reason(row, self.columns, self.thresholds)

@@ -20,9 +20,9 @@ from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules import caption as cap
 from beam_filter.rules.datacomp import basic_filter_reason
-from beam_filter.rules.image import image_size_reason
+from beam_filter.rules.image import ASPECT_ENDS, image_size_reason, width_height_reason
 from beam_filter.rules.language import detect_language, detect_language_cld3, language_reason
-from beam_filter.rules.uid_subset import MODES as UID_SUBSET_MODES, uid_subset_reason
+from beam_filter.rules.uid_subset import MODES as UID_SUBSET_MODES, uid_subset_copies, uid_subset_reason
 
 
 def _positive(v) -> bool:
@@ -145,16 +145,25 @@ class ImageSize(RuleStage):
                           check_msg="must be >= 0"),
         "max_side": Param(int, None, "keep if max(width, height) <= this", check=_positive,
                           check_msg="must be > 0"),
-        "max_aspect": Param(float, None, "keep if max/min side <= this (3.33 = Devil's (0.33, 3.33))",
+        "max_aspect": Param(float, None, "keep if max/min side <= this (symmetric, inclusive; for "
+                            "Devil's open (0.33, 3.33) use min_width_height/max_width_height)",
                             check=lambda v: v is None or v >= 1, check_msg="must be >= 1"),
+        "min_width_height": Param(float, None, "lower bound on width/height (tall images)",
+                                  check=_positive, check_msg="must be > 0"),
+        "max_width_height": Param(float, None, "upper bound on width/height (wide images)",
+                                  check=_positive, check_msg="must be > 0"),
+        "width_height_ends": Param(str, "[]", "which ends of [min, max]_width_height are kept: "
+                                   "[] closed, () open, [) or (] half-open", choices=ASPECT_ENDS),
     }
 
     def needs(self):
         return (need(WIDTH), need(HEIGHT))
 
     def reason(self, row: dict, info: Any = None) -> str | None:
-        return image_size_reason(row.get(WIDTH), row.get(HEIGHT), self.p.min_side,
-                                 self.p.max_side, self.p.max_aspect)
+        return (image_size_reason(row.get(WIDTH), row.get(HEIGHT), self.p.min_side,
+                                  self.p.max_side, self.p.max_aspect)
+                or width_height_reason(row.get(WIDTH), row.get(HEIGHT), self.p.min_width_height,
+                                       self.p.max_width_height, self.p.width_height_ends))
 
 
 @register
@@ -260,6 +269,8 @@ class UidSubset(RuleStage):
                       required=True),
         "mode": Param(str, "keep", "keep: keep only listed uids; drop: drop listed uids",
                       choices=UID_SUBSET_MODES),
+        "copies": Param(bool, True, "keep mode: a uid listed k times is written k times (DataComp's "
+                        "resharder); false: once"),
     }
 
     def needs(self):
@@ -267,6 +278,10 @@ class UidSubset(RuleStage):
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         return uid_subset_reason(row.get(UID) in uid_set(self.p.path), self.p.mode)
+
+    def copies(self, row: dict) -> int | None:
+        return uid_subset_copies(uid_set(self.p.path).count(row.get(UID) or ""), self.p.mode,
+                                 self.p.copies)
 
 
 # ---- exact dedup ---------------------------------------------------------------------

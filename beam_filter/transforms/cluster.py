@@ -190,6 +190,42 @@ class ExactDuplicates(beam.PTransform):
                 | "Duplicates" >> beam.FlatMapTuple(exact_dup.duplicate_verdicts))
 
 
+class CaptionCounts(beam.PTransform):
+    """rows -> (token, Verdict) with each row's pool count of its normalised caption
+    (``cluster/caption_freq.py``) in ``column``, and ``frequent_caption`` above ``max_count``.
+
+    The count is a distributed combine (``CombinePerKey(sum)``, lifted before the shuffle), then
+    joined back to the row tokens by caption with CoGroupByKey (values streamed, not listed).
+    Rows with no caption get no verdict."""
+
+    def __init__(self, caption_column: str, max_count: int | None, column: str):
+        super().__init__()
+        self.caption_column, self.max_count, self.column = caption_column, max_count, column
+
+    def expand(self, rows):
+        from beam_filter.cluster import caption_freq
+
+        col, limit, out = self.caption_column, self.max_count, self.column
+
+        def keyed(r):
+            text = caption_freq.normalize_caption(r.get(col))
+            return [(text, row_token(r))] if text else []
+
+        def verdicts(element):
+            _, parts = element
+            count = sum(parts["count"])
+            v = caption_freq.frequency_verdict(count, limit if limit is not None else count, out)
+            for token in parts["token"]:
+                yield token, v
+
+        tokens = rows | "KeyByCaption" >> beam.FlatMap(keyed)
+        counts = (tokens | "One" >> beam.Map(lambda kv: (kv[0], 1))
+                  | "CountCaptions" >> beam.CombinePerKey(sum))
+        return ({"token": tokens, "count": counts}
+                | "JoinCounts" >> beam.CoGroupByKey()
+                | "Verdicts" >> beam.FlatMap(verdicts))
+
+
 class NearestCentroidVerdicts(beam.PTransform):
     """rows -> (token, Verdict) of DataComp image_based, one nearest-centroid search per batch.
 

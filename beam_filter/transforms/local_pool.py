@@ -95,11 +95,16 @@ def _define_dofn():
         def start_bundle(self):
             self.pending = []
 
-        def process(self, element):
+        def process(self, element, **side_inputs):
+            args = self.work_args(side_inputs)
             if self.pool is None:
-                yield from self.emit(element, type(self).work(element, *self.args))
+                yield from self.emit(element, type(self).work(element, *args))
             else:
-                self.pending.append((element, self.pool.submit(type(self).work, element, *self.args)))
+                self.pending.append((element, self.pool.submit(type(self).work, element, *args)))
+
+        def work_args(self, side_inputs: dict) -> tuple:
+            """``work``'s arguments after the element; a subclass taking side inputs adds them."""
+            return self.args
 
         def finish_bundle(self):
             from apache_beam.transforms.window import GlobalWindow

@@ -26,9 +26,9 @@ def _plan_by_source(counts, shard_size):
     return by_source
 
 
-def _segments_for(shard_kept, plan):
+def _segments_for(shard_kept, plan, uid_keys=False):
     """Emit (output index, (source shard, [(src key, out key)])) for each planned segment of this source."""
-    expanded = expand_kept(shard_kept.kept)
+    expanded = expand_kept(shard_kept.kept, uid_keys)
     for index, start, end in plan.get(shard_kept.shard, ()):
         yield index, (shard_kept.shard, expanded[start:end])
 
@@ -38,8 +38,8 @@ class _WriteOutputShardFn(LocalPoolDoFn):
 
     work = staticmethod(write_planned_shard)
 
-    def __init__(self, directory: str, processes: int = 0):
-        super().__init__((directory,), processes)
+    def __init__(self, directory: str, processes: int = 0, blur=None):
+        super().__init__((directory, blur), processes)
 
 
 class WriteShards(beam.PTransform):
@@ -48,19 +48,23 @@ class WriteShards(beam.PTransform):
     ``directory``: where the shards go, an ``OutputLayout`` (its ``shards_dir``) or that path.
     """
 
-    def __init__(self, directory, shard_size: int, processes: int = 0):
+    def __init__(self, directory, shard_size: int, processes: int = 0, uid_keys: bool = False,
+                 blur=None):
+        """``uid_keys``: name every output sample ``{uid}-{j}`` (DataComp's resharder)."""
         super().__init__()
         self.directory = directory.shards_dir if isinstance(directory, OutputLayout) else directory
         self.shard_size = shard_size
         self.processes = processes
+        self.uid_keys = uid_keys
+        self.blur = blur        # output_blur.FaceBlur for --apply-blur, else None
 
     def expand(self, shard_kept):
         size = self.shard_size
         counts = (shard_kept
-                  | "KeptCount" >> beam.Map(lambda s: (s.shard, sum(max(c, 1) for _, _, c in s.kept)))
+                  | "KeptCount" >> beam.Map(lambda s: (s.shard, sum(max(c, 1) for _, _, c, *_ in s.kept)))
                   | "AllCounts" >> beam.combiners.ToList())
         plan = counts | "Plan" >> beam.Map(_plan_by_source, size)
         return (shard_kept
-                | "Segments" >> beam.FlatMap(_segments_for, plan=AsSingleton(plan))
+                | "Segments" >> beam.FlatMap(_segments_for, plan=AsSingleton(plan), uid_keys=self.uid_keys)
                 | "ByOutputShard" >> beam.GroupByKey()
-                | "WriteOutputShard" >> beam.ParDo(_WriteOutputShardFn(self.directory, self.processes)))
+                | "WriteOutputShard" >> beam.ParDo(_WriteOutputShardFn(self.directory, self.processes, self.blur)))

@@ -49,7 +49,7 @@ def _join_verdicts(stage_id):
     return fn
 
 
-def _save_info(info, directory, stage_id):
+def save_info(info, directory, stage_id):
     """``directory``: the output's ``OutputLayout.thresholds_dir``."""
     import json
 
@@ -110,7 +110,7 @@ class ApplyStages(beam.PTransform):
                 pcolls = _global_infos(stage, alive)
                 if self.info_dir:
                     for sid, pc in pcolls.items():
-                        pc | f"SaveInfo[{sid}]" >> beam.Map(_save_info, self.info_dir, sid)
+                        pc | f"SaveInfo[{sid}]" >> beam.Map(save_info, self.info_dir, sid)
                 infos = {k: AsSingleton(v) for k, v in pcolls.items()}
                 rows = rows | f"Apply[{stage.id}]" >> beam.Map(_apply_with_infos(stage), **infos)
         return rows | "FinishDecision" >> beam.Map(finish_decision)

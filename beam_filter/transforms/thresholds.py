@@ -14,14 +14,14 @@ and emits nothing. Only the batched keys (8 bytes a row) are read again, never t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from beam_filter.rules.exact_rank import (EXACT_LIMIT, MAX_PASSES, Search, empty_histogram, key_batch,
-                                          merge_histograms, pass_histogram, refine, start_search,
-                                          to_info)
+from beam_filter.rules.exact_rank import (EXACT_LIMIT, MAX_PASSES, Search, as_number, empty_histogram,
+                                          key_batch, merge_histograms, pass_histogram, refine,
+                                          start_search, to_info)
 from beam_filter.rules.thresholds import check_fraction
 
 
@@ -61,16 +61,7 @@ class _ColumnValue:
 
 
 def _to_key_batch(values):
-    return key_batch([_numeric(v) for v in values])
-
-
-def _numeric(v):
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"rank threshold: score {v!r} is not a number") from None
+    return key_batch([as_number(v) for v in values])
 
 
 class ExactRankThreshold(beam.PTransform):
@@ -90,11 +81,28 @@ class ExactRankThreshold(beam.PTransform):
         self.column = label_column or (column if isinstance(column, str) else None)
 
     def expand(self, rows):
-        fraction, column, limit = self.fraction, self.column, self.exact_limit
         batches = (rows
                    | "Values" >> beam.Map(self.getter)
                    | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
                    | "Keys" >> beam.Map(_to_key_batch))
+        return batches | RankOfKeyBatches(self.fraction, self.column, self.exact_limit)
+
+
+class RankOfKeyBatches(beam.PTransform):
+    """``KeyBatch``es (``rules.exact_rank.key_batch``) -> one ``ThresholdInfo``: the passes of the search.
+
+    ``ExactRankThreshold`` feeds it batches of row values; the fused select feeds it one
+    batch per input part (the keys of the rows alive there), so no row moves at all.
+    """
+
+    def __init__(self, fraction: float, column: str | None = None, exact_limit: int = EXACT_LIMIT):
+        super().__init__()
+        self.fraction = check_fraction(fraction)
+        self.column = column
+        self.exact_limit = exact_limit
+
+    def expand(self, batches):
+        fraction, column, limit = self.fraction, self.column, self.exact_limit
         state = None
         for k in range(MAX_PASSES):
             first = k == 0
@@ -110,3 +118,72 @@ class ExactRankThreshold(beam.PTransform):
                 state = (hist | f"Pass{k + 1}/Refine" >> beam.Map(
                     lambda h, s: refine(s, h, limit), AsSingleton(state)))
         return state | "Info" >> beam.Map(to_info, fraction, column)
+
+
+# ---- fused scores (SIEVE+CLIP, HYPE): min-max over the pool, weighted sum, rank-n ----------------
+
+class _RangesFn(beam.CombineFn):
+    """Per-column [min, max] of rows' value tuples (``rules.fused_score``), lifted before the shuffle."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def create_accumulator(self):
+        from beam_filter.rules.fused_score import empty_ranges
+
+        return empty_ranges(self.n)
+
+    def add_input(self, acc, values):
+        from beam_filter.rules.fused_score import add_values
+
+        return add_values(acc, values)
+
+    def merge_accumulators(self, accs):
+        from beam_filter.rules.fused_score import merge_ranges
+
+        return merge_ranges(list(accs))
+
+    def extract_output(self, acc):
+        return acc
+
+
+class FusedInfo(NamedTuple):
+    """The pool's per-column [min, max], the fused score kept at (``>=``; None: nothing to keep), and
+    the rank-n ``ThresholdInfo`` when a fraction was asked."""
+
+    ranges: list
+    threshold: float | None
+    rank: Any = None
+
+
+class FusedRankThreshold(beam.PTransform):
+    """rows -> one :class:`FusedInfo`: min-max of each column over the rows (a CombineGlobally),
+    then the fused value of every row, then DataComp's rank-n threshold of it (``ExactRankThreshold``)
+    or the fixed ``threshold``. ``values``: picklable ``row -> tuple of floats`` (NaN when missing);
+    ``weights`` in the same order."""
+
+    def __init__(self, values: Callable[[dict], tuple], weights: tuple, fraction: float | None = None,
+                 threshold: float | None = None, label: str | None = None):
+        super().__init__()
+        if (fraction is None) == (threshold is None):
+            raise ValueError("give fraction or threshold")
+        self.values, self.weights = values, tuple(weights)
+        self.fraction, self.threshold, self.rank_label = fraction, threshold, label   # not `label`: Beam's
+
+    def expand(self, rows):
+        from beam_filter.rules.fused_score import fused_value
+
+        values = rows | "Values" >> beam.Map(self.values)
+        ranges = values | "MinMax" >> beam.CombineGlobally(_RangesFn(len(self.weights)))
+        if self.fraction is None:
+            fixed = self.threshold
+            return ranges | "Info" >> beam.Map(lambda r: FusedInfo(r, fixed))
+        weights = self.weights
+        fused = values | "Fuse" >> beam.Map(lambda v, r: fused_value(v, r, weights), AsSingleton(ranges))
+        rank = fused | "Rank" >> ExactRankThreshold(_Identity(), self.fraction, label_column=self.rank_label)
+        return rank | "Info" >> beam.Map(lambda t, r: FusedInfo(r, t.threshold, t), AsSingleton(ranges))
+
+
+class _Identity:
+    def __call__(self, v):
+        return v

@@ -63,3 +63,50 @@ def test_fused_select_on_scores_equals_the_general_graph(clean_pool, tmp_path, r
     assert run_cli("select", "--recipe", "datacomp_basic", "--scores", scores, "--output", general,
                    "--no-fusion") == 0
     assert _same_files(fused, general)
+
+
+def test_fused_select_with_top_fractions_equals_the_general_graph(tmp_path, run_cli):
+    """Rank-staged stages (a top fraction) run by parts too: each part sends its alive rows' rank
+    keys, the exact threshold comes back as a side input. A rule before the fraction, two
+    fractions in a row (the second ranks only what the first kept) and a fraction before a
+    row-wise group stage (DataComp's image_based ∩ clip 30%) all give the general graph's bytes,
+    thresholds included."""
+    import numpy as np
+
+    from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
+
+    meta = str(tmp_path / "metadata")
+    write_synthetic_metadata(meta, 3000, seed=6, parts=3)
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "c.npy", rng.standard_normal((64, 768)).astype(np.float32))
+    np.save(tmp_path / "t.npy", np.arange(0, 64, 3, dtype=np.int64))
+    chained = tmp_path / "chained.yaml"
+    chained.write_text(
+        "name: chained\nstages:\n"
+        "  - datacomp_basic: {}\n"
+        "  - clip_l14: {type: clip, model: ViT-L-14, pretrained: openai, fraction: 0.5, flip: false}\n"
+        "  - clip_b32: {type: clip, model: ViT-B-32, pretrained: openai, fraction: 0.45, flip: false}\n")
+    sets = {"datacomp_clip_l14_30pct": [],
+            str(chained): [],
+            "image_based_intersect_clip_score": ["--set", f"image_based.centroids={tmp_path}/c.npy",
+                                                 "--set", f"image_based.targets={tmp_path}/t.npy"]}
+    for n, (recipe, extra) in enumerate(sets.items()):
+        fused, general = str(tmp_path / f"f{n}"), str(tmp_path / f"g{n}")
+        assert run_cli("select", "--recipe", recipe, "--metadata", meta, "--output", fused, *extra) == 0
+        assert run_cli("select", "--recipe", recipe, "--metadata", meta, "--output", general, "--no-fusion",
+                       *extra) == 0
+        assert len(_same_files(fused, general)) == 3, recipe
+        for name in ("uids.npy", *sorted(os.listdir(os.path.join(general, "thresholds")))):
+            sub = name if name == "uids.npy" else os.path.join("thresholds", name)
+            with open(os.path.join(fused, sub), "rb") as a, open(os.path.join(general, sub), "rb") as b:
+                assert a.read() == b.read(), (recipe, name)
+        kept = np.load(os.path.join(fused, "uids.npy"))
+        assert 0 < len(kept) < 3000, recipe
+        assert _execution(fused) == "by_part" and _execution(general) == "graph", recipe
+
+
+def _execution(output: str) -> str:
+    import json
+
+    with open(os.path.join(output, "report.json")) as f:
+        return json.load(f)["timings"]["execution"]

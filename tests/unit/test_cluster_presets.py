@@ -19,8 +19,10 @@ def test_presets_parse():
     assert recipes["semdedup"].stages[-1].name == "semdedup"
     assert recipes["near_dedup"].stages[-1].p.quality == "clip_score"
     names = [s.name for s in recipes["devil_details"].stages]
-    assert names[:3] == ["language", "junk_caption", "image_size"]
-    assert names[-3:] == ["near_dedup", "cluster_importance", "quality_duplication"]
-    assert recipes["devil_details"].stages[2].p.max_aspect == 3.33
+    assert names[:4] == ["caption_frequency", "language", "junk_caption", "image_size"]
+    assert names[-5:] == ["near_dedup", "semdedup", "cluster_importance", "quality_duplication", "add_back"]
+    size = recipes["devil_details"].stages[3].p
+    assert (size.min_width_height, size.max_width_height, size.width_height_ends) == (0.33, 3.33, "()")
+    assert [c.name for c in recipes["devil_details"].stages[-1].children] == ["has_digits"]
     with pytest.raises(UserError, match="target"):
-        recipes["devil_details"].stages[-2].verdicts(None)
+        recipes["devil_details"].stages[-3].verdicts(None)

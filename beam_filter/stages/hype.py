@@ -1,0 +1,179 @@
+"""The ``hype`` stage: HYPE's hyperbolic CLIP scores (models/hype.py) and an optional cut on one.
+
+Score phase: one RunInference of ``HypeModelHandler`` over ``(image bytes, caption)``;
+columns ``{id}_score`` (the negative Lorentz distance between image and caption,
+HYPE's similarity ``-d_L``), ``{id}_image_specificity_score`` (e_i),
+``{id}_text_specificity_score`` (e_t), ``{id}_image_embedding`` and
+``{id}_text_embedding`` (the scaled tangent features). An image that does not
+decode sets ``read_error=corrupt_image``.
+
+Select phase: usually none here -- the ``hype`` preset ranks HYPE's composite score
+(e_i + e_t - d_L + cos, each min-max normalised) with a ``fused_rank`` stage; a
+``threshold`` or top ``fraction`` on one column (``filter_on``) is there for
+single-term selections (the paper's image-only induction uses e_i alone).
+
+Weights and the reference set are released on the authors' page, not on a model hub:
+``checkpoint`` and ``reference`` are paths (local or gs://), with no default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from beam_filter.columns import need
+from beam_filter.errors import UserError
+from beam_filter.records import READ_ERROR
+from beam_filter.registry import Param, RankSpec, ScoredStage, register
+
+TINY_DIR = "hype_tiny"
+_FILTER_ON = {"score": "score", "image_specificity": "image_specificity_score",
+              "text_specificity": "text_specificity_score"}
+
+
+class _Column:
+    """Picklable ``row -> row[column]``."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __call__(self, row: dict):
+        return row.get(self.column)
+
+
+@register
+class HypeStage(ScoredStage):
+    """HYPE (Kim et al., ECCV 2024): Lorentz distance and image/text specificity from a hyperbolic CLIP."""
+
+    name = "hype"
+    description = "HYPE hyperbolic CLIP: negative Lorentz distance, image and text specificity (entailment cones)"
+    params = {
+        "model": Param(str, "ViT-L-14", "open_clip architecture of the towers (HYPE: ViT-L-14) or a "
+                       "model-config JSON"),
+        "checkpoint": Param(str, None, "HYPE weights (the authors' ckpt.pt; local or gs://); needed to run"),
+        "reference": Param(str, None, "HYPE reference set (the authors' reference.pt, or an .npz with "
+                           "img/txt arrays); needed to run"),
+        "device": Param(str, "auto", "auto, cpu, cuda or cuda:N"),
+        "batch_size": Param(int, 64, "images per forward pass", check=lambda v: v >= 1, check_msg="must be >= 1"),
+        "precision": Param(str, "auto", "auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16",
+                           choices=("auto", "fp32", "fp16", "bf16")),
+        "draft": Param(bool, False, "reduced-size JPEG decoding (models/image_prep.py)"),
+        "decode": Param(str, "cpu", "JPEG decoding on cpu or gpu (nvJPEG)", choices=("cpu", "gpu")),
+        "share_across_processes": Param(bool, False, "one model per machine for all SDK processes"),
+        "threshold": Param(float, None, "keep rows whose filter_on column is >= this"),
+        "fraction": Param(float, None, "keep this top fraction by filter_on (DataComp rank-n rule)",
+                          check=lambda v: v is None or 0 < v <= 1, check_msg="must be in (0, 1]"),
+        "filter_on": Param(str, "score", "column the threshold/fraction applies to",
+                           choices=tuple(_FILTER_ON)),
+    }
+    score_params = ("model", "checkpoint", "reference", "precision", "draft", "decode")
+
+    def __init__(self, stage_id: str, params: dict[str, Any]):
+        super().__init__(stage_id, params)
+        p = self.p
+        if p.threshold is not None and p.fraction is not None:
+            raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
+        self.score_column = f"{stage_id}_score"
+        self.image_spec_column = f"{stage_id}_image_specificity_score"
+        self.text_spec_column = f"{stage_id}_text_specificity_score"
+        self.image_column = f"{stage_id}_image_embedding"
+        self.text_column = f"{stage_id}_text_embedding"
+        self.filter_column = f"{stage_id}_{_FILTER_ON[p.filter_on]}"
+        self.getter = _Column(self.filter_column)
+        self.below = f"{stage_id}_{p.filter_on}_below_threshold"
+
+    def check_weights(self) -> None:
+        """Checked when the CLI loads the recipe: both paths given, local ones present."""
+        from beam_filter.fsio import is_remote
+
+        for key in ("checkpoint", "reference"):
+            path = getattr(self.p, key)
+            if not path:
+                raise UserError(f"stage {self.id!r} (hype): set {key}=PATH (released on the HYPE authors' "
+                                f"page, not on a model hub), e.g. --set {self.id}.{key}=/models/hype/"
+                                f"{'ckpt.pt' if key == 'checkpoint' else 'reference.pt'}")
+            if not is_remote(path) and not os.path.isfile(path):
+                raise UserError(f"stage {self.id!r}: {key}={path!r}: no such file")
+
+    # ---- columns -------------------------------------------------------------
+    def score_columns(self) -> tuple[str, ...]:
+        return (self.score_column, self.image_spec_column, self.text_spec_column,
+                self.image_column, self.text_column)
+
+    def needs(self):
+        if self.p.threshold is None and self.p.fraction is None:
+            return ()
+        return (need(self.filter_column, what=f"the HYPE {self.p.filter_on} filtered on"),)
+
+    # ---- score phase --------------------------------------------------------
+    def model_handler(self):
+        from beam_filter.models.hype import HypeModelHandler
+
+        self.check_weights()
+        p = self.p
+        return HypeModelHandler(p.model, p.checkpoint, p.reference, device=p.device, batch_size=p.batch_size,
+                                precision=p.precision, draft=p.draft, decode=p.decode,
+                                share_across_processes=p.share_across_processes)
+
+    def model_input(self, sample):
+        return (sample.image, sample.caption)
+
+    def model_columns(self, inference) -> dict:
+        out = getattr(inference, "inference", inference)
+        if out.get("error"):
+            return {READ_ERROR: out["error"]}
+        return {self.score_column: -float(out["distance"]),
+                self.image_spec_column: float(out["image_specificity"]),
+                self.text_spec_column: float(out["text_specificity"]),
+                self.image_column: np.asarray(out["image_embedding"], dtype=np.float32).ravel(),
+                self.text_column: np.asarray(out["text_embedding"], dtype=np.float32).ravel()}
+
+    # ---- select phase ---------------------------------------------------------
+    def needs_global_info(self) -> bool:
+        return self.p.fraction is not None
+
+    def rank_spec(self) -> RankSpec | None:
+        if self.p.fraction is None:
+            return None
+        return RankSpec(self.getter, self.p.fraction, self.filter_column)
+
+    def reason(self, row: dict, info: Any = None) -> str | None:
+        if self.p.threshold is None and self.p.fraction is None:
+            return None
+        value = self.getter(row)
+        threshold = self.p.threshold if self.p.fraction is None else (None if info is None else info.threshold)
+        if value is None or (isinstance(value, float) and math.isnan(value)) or threshold is None \
+                or float(value) < threshold:
+            return self.below
+        return None
+
+    # ---- offline smoke tests ------------------------------------------------------
+    @classmethod
+    def write_test_model(cls, directory: str) -> bool:
+        from beam_filter.devtools.tiny_models import write_tiny_hype
+
+        write_tiny_hype(os.path.join(directory, TINY_DIR))
+        return True
+
+    @classmethod
+    def test_model_params(cls, directory: str) -> dict:
+        d = os.path.join(directory, TINY_DIR)
+        return {"model": os.path.join(d, "tiny-ViT-L-14.json"), "checkpoint": os.path.join(d, "tiny-hype.pt"),
+                "reference": os.path.join(d, "reference.pt"), "device": "cpu", "precision": "fp32"}
+
+    def provenance(self) -> dict:
+        from beam_filter.models.clip import clip_provenance
+
+        p = self.p
+        out = {"type": self.name, "params": self.config, "model": clip_provenance(p.model, p.checkpoint),
+               "reference": p.reference,
+               "columns": [self.score_column, self.image_spec_column, self.text_spec_column,
+                           self.image_column, self.text_column]}
+        if p.threshold is not None:
+            out["threshold_applied"] = p.threshold
+        elif p.fraction is not None:
+            out["threshold_applied"] = f"rank-n over alive rows: see thresholds/{self.id}.json"
+        return out
