@@ -144,6 +144,43 @@ def _row_dicts(table_batch) -> list[dict]:
     return rows
 
 
+def passthrough_columns(parquet_path: str, stages, n_rows: int) -> dict | None:
+    """The part's parquet columns as Arrow arrays (renamed as rows name them, typed as the rows'
+    Python values would be: tables.python_typed), for its decisions file: converting 50k rows of
+    url/text/sha256 back from Python objects was most of a part's select time. Columns a stage
+    produces (it may overwrite them in the rows) are left out; so is everything when the row count
+    differs (not the file :func:`iter_metadata_rows` read)."""
+    import pyarrow.parquet as pq
+
+    from beam_filter.tables import python_typed
+
+    from beam_filter.tables import DECISION_ONLY
+
+    produced = set(DECISION_ONLY) | {R.UID, R.SHARD, R.KEY, R.READ_ERROR, R.WARNING}
+
+    def visit(stage):
+        produced.update(stage.produced_columns())
+        produced.update(stage.verdict_columns())
+        for child in getattr(stage, "children", None) or ():
+            visit(child)
+
+    for stage in stages:
+        visit(stage)
+    with fsio.open_read(parquet_path) as f:
+        table = pq.ParquetFile(f).read()        # (pq.read_table would import pyarrow.dataset + pandas)
+    if table.num_rows != n_rows:
+        return None
+    out = {}
+    for name in table.column_names:
+        row_name = RENAMES.get(name, name)
+        if row_name in produced:
+            continue
+        typed = python_typed(table.column(name))
+        if typed is not None:
+            out[row_name] = typed
+    return out
+
+
 def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                        embeddings: Sequence[str] | None = None,
                        batch_rows: int = _BATCH_ROWS) -> Iterator[dict]:

@@ -237,8 +237,13 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
     rows = decide_rows(read_part_rows(part, embeddings), select_stages, infos)
     kept = None
     if rows:
+        passthrough = None
+        if isinstance(part, (tuple, list)):
+            from beam_filter.datacomp_metadata import passthrough_columns
+
+            passthrough = passthrough_columns(part[0], select_stages, len(rows))
         kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,
-                                  metadata=metadata)
+                                  metadata=metadata, arrow_columns=passthrough)
     counts = Counter({"rows_read": len(rows)})
     for r in rows:
         counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1

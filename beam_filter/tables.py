@@ -56,15 +56,44 @@ def _value_types(rows: list[dict]) -> set[type]:
     return set(map(type, itertools.chain.from_iterable(map(dict.values, rows))))
 
 
-def rows_to_table(rows: list[dict], drop: Iterable[str] = ()) -> pa.Table:
+def python_typed(column: pa.ChunkedArray) -> pa.Array | None:
+    """``column`` typed as ``pa.array(column.to_pylist())`` would type it, when that is a plain cast
+    (integers -> int64, float32/64 -> float64, strings -> string, booleans); None otherwise.
+
+    Lets a writer pass columns it read with Arrow straight through, with the bytes
+    :func:`rows_to_table` would have written from the same values as Python objects.
+    """
+    t = column.type
+    if column.null_count == len(column):
+        return None                      # all None: pa.array infers the null type
+    if pa.types.is_integer(t) and t != pa.uint64():
+        target = pa.int64()
+    elif t in (pa.float32(), pa.float64()):
+        target = pa.float64()
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        target = pa.string()
+    elif pa.types.is_boolean(t):
+        target = pa.bool_()
+    else:
+        return None
+    return column.cast(target).combine_chunks()
+
+
+def rows_to_table(rows: list[dict], drop: Iterable[str] = (), arrow_columns: dict | None = None) -> pa.Table:
+    """Rows -> a table with columns in the fixed order. ``arrow_columns``: columns already held as
+    Arrow arrays aligned with ``rows`` and equal to the rows' values (typed by :func:`python_typed`),
+    used instead of converting those values again."""
     drop = set(drop)
     names = set().union(*rows) - drop
     order = [c for c in _FIRST if c in names] + sorted(names - set(_FIRST))
-    numpy_scalars = any(issubclass(t, np.generic) for t in _value_types(rows))
+    arrow_columns = arrow_columns or {}
     columns = {}
     for name in order:
+        if name in arrow_columns:
+            columns[name] = arrow_columns[name]
+            continue
         values = list(map(operator.methodcaller("get", name), rows))
-        if numpy_scalars:
+        if any(issubclass(t, np.generic) for t in set(map(type, values))):     # C-speed type scan
             values = [_plain(v) for v in values]
         if name in _STRING_COLUMNS:
             columns[name] = pa.array(values, type=pa.string())
@@ -77,11 +106,17 @@ def rows_to_table(rows: list[dict], drop: Iterable[str] = ()) -> pa.Table:
 
 
 def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, bytes] | None = None,
-               embeddings_path: str | None = None) -> None:
-    """Write rows (sorted by key) to parquet atomically; embeddings to an npz beside when asked."""
-    rows = sorted(rows, key=lambda r: r[R.KEY])
+               embeddings_path: str | None = None, arrow_columns: dict | None = None) -> None:
+    """Write rows (sorted by key) to parquet atomically; embeddings to an npz beside when asked.
+
+    ``arrow_columns``: columns aligned with ``rows`` as given, passed through (rows_to_table)."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i][R.KEY])
+    rows = [rows[i] for i in order]
+    if arrow_columns:
+        index = pa.array(order, type=pa.int64())
+        arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
     slim, arrays = split_embeddings(rows)
-    table = rows_to_table(slim, drop=drop)
+    table = rows_to_table(slim, drop=drop, arrow_columns=arrow_columns)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     buf = io.BytesIO()
@@ -145,14 +180,22 @@ class ShardKept(NamedTuple):
 
 
 def write_shard_tables(layout: OutputLayout, shard: str, rows: list[dict], *,
-                       write_scores: bool, write_decisions: bool, metadata: dict) -> ShardKept:
-    """Write one shard's scores and/or decisions files; return its kept list."""
-    rows = sorted(rows, key=lambda r: r[R.KEY])
+                       write_scores: bool, write_decisions: bool, metadata: dict,
+                       arrow_columns: dict | None = None) -> ShardKept:
+    """Write one shard's scores and/or decisions files; return its kept list.
+
+    ``arrow_columns``: columns of ``rows`` already held as Arrow arrays aligned with them
+    (a metadata part as read), passed through to the decisions file unconverted."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i][R.KEY])
+    rows = [rows[i] for i in order]
+    if arrow_columns:
+        index = pa.array(order, type=pa.int64())
+        arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
     if write_scores:
         write_rows(layout.scores(shard), rows, drop=DECISION_ONLY, metadata=metadata,
                    embeddings_path=layout.embeddings(shard))
     if write_decisions:
-        write_rows(layout.decisions(shard), rows, metadata=metadata)
+        write_rows(layout.decisions(shard), rows, metadata=metadata, arrow_columns=arrow_columns)
     kept = tuple(kept_entry(r) for r in rows if r.get(R.KEPT))
     return ShardKept(shard, kept)
 
