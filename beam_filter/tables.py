@@ -63,20 +63,34 @@ def python_typed(column: pa.ChunkedArray) -> pa.Array | None:
     Lets a writer pass columns it read with Arrow straight through, with the bytes
     :func:`rows_to_table` would have written from the same values as Python objects.
     """
-    t = column.type
     if column.null_count == len(column):
         return None                      # all None: pa.array infers the null type
+    target = _python_type(column)
+    return None if target is None else column.cast(target).combine_chunks()
+
+
+def _python_type(values) -> pa.DataType | None:
+    """The type pa.array infers for ``values`` as Python objects (None when not a plain mapping):
+    lists (DataComp's face_bboxes) nest it, and a list level with no value at all would be
+    inferred as null, so those stay on the Python path."""
+    import pyarrow.compute as pc
+
+    t = values.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = pc.list_flatten(values)
+        if len(inner) == 0 or inner.null_count == len(inner):
+            return None
+        inner_type = _python_type(inner)
+        return None if inner_type is None else pa.list_(inner_type)
     if pa.types.is_integer(t) and t != pa.uint64():
-        target = pa.int64()
-    elif t in (pa.float32(), pa.float64()):
-        target = pa.float64()
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        target = pa.string()
-    elif pa.types.is_boolean(t):
-        target = pa.bool_()
-    else:
-        return None
-    return column.cast(target).combine_chunks()
+        return pa.int64()
+    if t in (pa.float32(), pa.float64()):
+        return pa.float64()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_boolean(t):
+        return pa.bool_()
+    return None
 
 
 def rows_to_table(rows: list[dict], drop: Iterable[str] = (), arrow_columns: dict | None = None) -> pa.Table:

@@ -26,20 +26,34 @@ def test_python_typed_matches_pa_array_of_the_python_values():
         "f64": pa.array([0.25, 1e300, None], type=pa.float64()),
         "s": pa.array(["a", None, "é"], type=pa.large_string()),
         "b": pa.array([True, False, None]),
+        "boxes": pa.array([[[0.1, 0.2, 0.5, 0.6]], [], None, [[0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.3, 0.3]]],
+                          type=pa.list_(pa.list_(pa.float32()))),
     }
     for name, arr in columns.items():
         typed = tables.python_typed(pa.chunked_array([arr]))
         expected = pa.array(arr.to_pylist())
         assert typed.type == expected.type, name
         # NaN != NaN in lists: compare as float arrays where numbers (assert_array_equal treats NaN as equal)
-        if pa.types.is_floating(expected.type):
-            np.testing.assert_array_equal(np.array(typed.to_pylist(), dtype=float),
-                                          np.array(expected.to_pylist(), dtype=float))
+        if pa.types.is_floating(expected.type) or name == "boxes":
+            np.testing.assert_array_equal(np.array(_flat(typed.to_pylist()), dtype=float),
+                                          np.array(_flat(expected.to_pylist()), dtype=float))
         else:
             assert typed.to_pylist() == expected.to_pylist(), name
     # Not a plain cast: left to the Python path.
     assert tables.python_typed(pa.chunked_array([pa.array([None, None], type=pa.int64())])) is None
-    assert tables.python_typed(pa.chunked_array([pa.array([[1.0], [2.0]])])) is None
+    assert tables.python_typed(pa.chunked_array([pa.array([[], None], type=pa.list_(pa.float64()))])) is None
+    assert tables.python_typed(pa.chunked_array([pa.array([[None]], type=pa.list_(pa.float64()))])) is None
+
+
+def _flat(values):
+    out = []
+    for v in values:
+        if isinstance(v, list):
+            out.extend(_flat(v))
+            out.append("|")         # list boundaries count too
+        else:
+            out.append(v)
+    return [float("inf") if v == "|" else v for v in out]
 
 
 def test_rows_to_table_with_passed_through_columns_writes_the_same_bytes():
