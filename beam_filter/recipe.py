@@ -100,7 +100,7 @@ class Combinator(Stage):
     def __init__(self, stage_id: str, children: list[Stage]):
         super().__init__(stage_id, {})
         self.children = children
-        self.config = {"stages": [{c.id: {"type": c.name, **_jsonable(c.config)}} for c in children]}
+        self.config = {"stages": [{c.id: {"type": c.name, **_jsonable(c.canonical_config())}} for c in children]}
 
     def combine(self, reasons: list[str | None]) -> str | None:
         if self.union:
@@ -181,7 +181,7 @@ def parse_recipe(raw: Any, source: str = "<recipe>", overrides=()) -> Recipe:
     name = str(raw.get("name") or os.path.splitext(os.path.basename(source))[0])
     main = [s for s in stages if not isinstance(s, AddBackSection)]
     resolved = {"name": name, "description": raw.get("description", ""),
-                "stages": [{s.id: {"type": s.name, **_jsonable(s.config)}} for s in main]}
+                "stages": [{s.id: {"type": s.name, **_jsonable(s.canonical_config())}} for s in main]}
     if len(main) < len(stages):
         resolved["add_back"] = stages[-1].config["stages"]
     text = yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False)

@@ -69,6 +69,10 @@ class Param:
     required: bool = False
     check: Callable[[Any], bool] | None = None   # extra validation, e.g. 0 < f <= 1
     check_msg: str = ""
+    # False for a parameter added after its stage type shipped: while it has its default it is left
+    # out of the recipe's canonical text (Stage.canonical_config), so adding it changes no existing
+    # recipe's hash, and outputs made before stay byte-identical (decisions carry the hash).
+    hash_at_default: bool = True
 
     def coerce(self, stage: str, name: str, value: Any) -> Any:
         """Validate ``value`` (from YAML or ``--set``) and convert it to the declared type."""
@@ -149,6 +153,13 @@ class Stage:
         # with plain pickle, which local process pools and Dataflow both rely on.
         self.p = types.SimpleNamespace(**params)
         self.config = dict(params)
+
+    def canonical_config(self) -> dict:
+        """The parameters as the recipe's canonical text (and so its hash) records them: all of
+        them, except a later-added one (``Param.hash_at_default=False``) still at its default."""
+        declared = type(self).params or {}
+        return {k: v for k, v in self.config.items()
+                if not (k in declared and not declared[k].hash_at_default and v == declared[k].default)}
 
     # ---- columns (checked by columns.py before any work) -----------------
     def needs(self) -> tuple:

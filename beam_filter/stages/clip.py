@@ -117,10 +117,11 @@ class ClipStage(ScoredStage):
         "filter_on": Param(str, "score", "which score the threshold applies to",
                            choices=("score", "flipped_score", "masked_score")),
         "masked": Param(bool, False, "T-MARS: also score the image with the text_boxes of an earlier "
-                        "text_detect stage filled ({id}_masked_score), in the same forward pass"),
+                        "text_detect stage filled ({id}_masked_score), in the same forward pass",
+                        hash_at_default=False),
         "mask_fill": Param(str, "polygon_mean", "how masked regions are filled: polygon_mean (each "
                            "polygon with its own mean colour) or box_mean (each bounding box with its mean)",
-                           choices=("polygon_mean", "box_mean")),
+                           choices=("polygon_mean", "box_mean"), hash_at_default=False),
     }
     score_params = ("model", "pretrained", "precision", "draft", "decode", "flip")
 

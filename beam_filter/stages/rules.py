@@ -149,11 +149,12 @@ class ImageSize(RuleStage):
                             "Devil's open (0.33, 3.33) use min_width_height/max_width_height)",
                             check=lambda v: v is None or v >= 1, check_msg="must be >= 1"),
         "min_width_height": Param(float, None, "lower bound on width/height (tall images)",
-                                  check=_positive, check_msg="must be > 0"),
+                                  check=_positive, check_msg="must be > 0", hash_at_default=False),
         "max_width_height": Param(float, None, "upper bound on width/height (wide images)",
-                                  check=_positive, check_msg="must be > 0"),
+                                  check=_positive, check_msg="must be > 0", hash_at_default=False),
         "width_height_ends": Param(str, "[]", "which ends of [min, max]_width_height are kept: "
-                                   "[] closed, () open, [) or (] half-open", choices=ASPECT_ENDS),
+                                   "[] closed, () open, [) or (] half-open", choices=ASPECT_ENDS,
+                                   hash_at_default=False),
     }
 
     def needs(self):
@@ -270,7 +271,7 @@ class UidSubset(RuleStage):
         "mode": Param(str, "keep", "keep: keep only listed uids; drop: drop listed uids",
                       choices=UID_SUBSET_MODES),
         "copies": Param(bool, True, "keep mode: a uid listed k times is written k times (DataComp's "
-                        "resharder); false: once"),
+                        "resharder); false: once", hash_at_default=False),
     }
 
     def needs(self):
