@@ -96,7 +96,9 @@ def make_inputs(workdir: str) -> dict:
         "image_based_intersect_clip_score": [f"image_based.centroids={centroids}",
                                              f"image_based.targets={targets}"],
         "devil_details": [f"cluster_importance.target={target_emb}"],
-        "hype_dfn": [f"hype_or_dfn.dfn.path={dfn}"],
+        "hype": [f"imagenet_clusters.centroids={centroids}", f"imagenet_clusters.targets={targets}"],
+        "hype_dfn": [f"hype_or_dfn.dfn.path={dfn}", f"imagenet_clusters.centroids={centroids}",
+                     f"imagenet_clusters.targets={targets}"],
         "tmars_released": [f"tmars.path={dfn}"],
     }
 

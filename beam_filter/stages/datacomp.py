@@ -33,6 +33,7 @@ import numpy as np
 from beam_filter.cluster.centroids import (CentroidIndex, TargetClusters, load_centroids_file, load_target_ids,
                                            parse_target_paths, target_cluster_verdicts)
 from beam_filter.errors import UserError
+from beam_filter.identity import row_token
 from beam_filter.records import CAPTION, Verdict
 from beam_filter.process_cache import once_per_process
 from beam_filter.columns import need
@@ -144,7 +145,19 @@ class ImageBased(FastTextLanguage, GroupStage):
         "lid_model": Param(str, None, "fastText language-id model (default: bundled lid.176.ftz)"),
         "batch_size": Param(int, 1024, "rows per nearest-centroid search", check=lambda v: v >= 1,
                             check_msg="must be >= 1"),
+        "mode": Param(str, "filter", "filter: drop rows outside the target clusters (DataComp); annotate: "
+                      "drop nothing, record {id}_pass = 1.0 when the row passes DataComp's image_based "
+                      "filter, else 0.0 (HYPE's ImageNet-cluster term c_IN, a fused_rank input)",
+                      choices=("filter", "annotate"), hash_at_default=False),
     }
+
+    def verdict_columns(self) -> tuple[str, ...]:
+        return (self.pass_column,) if self.p.mode == "annotate" else ()
+
+    @property
+    def pass_column(self) -> str:
+        return f"{self.id}_pass"
+
     def embedding_columns(self) -> list[str]:
         """Where the image embedding is looked for, in order."""
         if self.p.embedding:
@@ -175,7 +188,12 @@ class ImageBased(FastTextLanguage, GroupStage):
 
     def batch_verdicts(self, rows: list[dict]) -> list[tuple[str, Verdict]]:
         """Verdicts for a batch of alive rows: caption pre-filter, then one centroid search."""
-        return target_cluster_verdicts(rows, self.caption_reason, self.embedding_of, self.target_clusters)
+        verdicts = target_cluster_verdicts(rows, self.caption_reason, self.embedding_of, self.target_clusters)
+        if self.p.mode == "filter":
+            return verdicts
+        failed = {token for token, _ in verdicts}
+        return [(token, Verdict(columns={self.pass_column: 0.0 if token in failed else 1.0}))
+                for token in (row_token(r) for r in rows)]
 
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import NearestCentroidVerdicts

@@ -72,7 +72,9 @@ def test_a_combinator_checks_each_child():
 
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_is_consistent_on_shards(preset):
-    needs = {"open_qwen2vl": ["dfn_or_mlm.dfn.path=x.npy"], "hype_dfn": ["hype_or_dfn.dfn.path=x.npy"],
+    c_in = ["imagenet_clusters.centroids=c.npy", "imagenet_clusters.targets=t.npy"]
+    needs = {"open_qwen2vl": ["dfn_or_mlm.dfn.path=x.npy"], "hype_dfn": ["hype_or_dfn.dfn.path=x.npy", *c_in],
+             "hype": c_in,
              "tmars_released": ["tmars.path=x.npy"],
              "image_based": ["image_based.centroids=c.npy", "image_based.targets=t.npy"],
              "image_based_intersect_clip_score": ["image_based.centroids=c.npy", "image_based.targets=t.npy"]}
