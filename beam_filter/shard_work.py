@@ -262,7 +262,12 @@ def part_rank_keys(part, select_stages, rank_index: int, embeddings: tuple = (),
     from beam_filter.rules.exact_rank import as_number, key_batch
 
     stage = select_stages[rank_index]
-    value = stage.rank_spec().value
+    spec = stage.rank_spec()
+    if rank_index == 0 and spec.columns:
+        values = _first_column_values(part, spec.columns)
+        if values is not None:
+            return key_batch(values)
+    value = spec.value
     get = value if callable(value) else (lambda row: row.get(value))
     rows = advance_rows(read_part_rows(part, embeddings), select_stages[:rank_index], infos)
     values = []
@@ -270,6 +275,41 @@ def part_rank_keys(part, select_stages, rank_index: int, embeddings: tuple = (),
         if row[R.REASON] is None:
             values.append(as_number(get(row)))
     return key_batch(values)
+
+
+def _first_column_values(part, columns: tuple):
+    """The rank values of a part whose rows all stay alive up to a recipe's first stage, read as one
+    column: the first of ``columns`` the part's file has (as the stage's value getter picks it per
+    row), float64 with None as NaN, rows with a read error left out (they are never alive). None when
+    no such numeric column exists: the caller builds rows and gets the stage's own error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from beam_filter import fsio
+
+    path = part[0] if isinstance(part, (tuple, list)) else part
+    renames = {}
+    if isinstance(part, (tuple, list)):
+        from beam_filter.datacomp_metadata import RENAMES
+
+        renames = RENAMES
+    with fsio.open_read(path) as f:
+        pf = pq.ParquetFile(f)
+        in_file = {renames.get(n, n): n for n in pf.schema_arrow.names}
+        name = next((in_file[c] for c in columns if c in in_file), None)
+        if name is None:
+            return None
+        wanted = [name] + ([in_file[R.READ_ERROR]] if R.READ_ERROR in in_file else [])
+        table = pf.read(columns=wanted)
+    column = table.column(name)
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or column.null_count == len(column)):
+        return None
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if R.READ_ERROR in in_file:
+        alive = pc.is_null(table.column(in_file[R.READ_ERROR])).to_numpy(zero_copy_only=False)
+        values = values[alive]
+    return values
 
 
 def process_shard_path(path: str, feature_stages, select_stages, layout: OutputLayout, metadata: dict,

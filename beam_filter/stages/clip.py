@@ -227,7 +227,7 @@ class ClipStage(ScoredStage):
             return None
         g = self.getter
         label = g.column if g.fallback is None else f"{g.column} (metadata rows: {g.fallback})"
-        return RankSpec(g, self.p.fraction, label)
+        return RankSpec(g, self.p.fraction, label, tuple(c for c in (g.column, g.fallback) if c))
 
     def threshold_of(self, info) -> float | None:
         if self.p.fraction is not None:
