@@ -237,8 +237,9 @@ class RankSpec(NamedTuple):
     value: Any
     fraction: float
     label: str | None = None
-    # The columns ``value`` reads, in order: a row's value is the first of them the row has. Given, a
-    # stage first in the recipe is ranked from that one column of each part, without building rows.
+    # For a callable ``value``: the columns it reads, in order (a row's value is the first of them the
+    # row has). A column name ``value`` is its own. Known, a stage first in the recipe is ranked from
+    # that one column of each part, without building rows.
     columns: tuple = ()
 
 

@@ -263,8 +263,9 @@ def part_rank_keys(part, select_stages, rank_index: int, embeddings: tuple = (),
 
     stage = select_stages[rank_index]
     spec = stage.rank_spec()
-    if rank_index == 0 and spec.columns:
-        values = _first_column_values(part, spec.columns)
+    columns = spec.columns or ((spec.value,) if isinstance(spec.value, str) else ())
+    if rank_index == 0 and columns:
+        values = _first_column_values(part, columns)
         if values is not None:
             return key_batch(values)
     value = spec.value

@@ -225,7 +225,6 @@ def _save_clip_image_processor(directory: str, size: int) -> None:
 def write_tiny_blip(directory: str, seed: int = 0) -> str:
     """Write a tiny random ``BlipForConditionalGeneration`` (ViT 2x32 on 32 px, BERT decoder 2x32) with a
     tiny WordPiece vocabulary and BLIP's image processor config; returns ``directory``."""
-    import torch
     from transformers import BlipConfig, BlipForConditionalGeneration
 
     tok = _tiny_bert_tokenizer(directory)
@@ -236,18 +235,25 @@ def write_tiny_blip(directory: str, seed: int = 0) -> str:
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=32, patch_size=16, projection_dim=32)
     cfg = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+    return _save_seeded_hf(directory, lambda: BlipForConditionalGeneration(cfg), seed)
+
+
+def _save_seeded_hf(directory: str, make, seed: int, image_size: int = 32) -> str:
+    """Build a transformers model with ``make()`` under ``seed`` (the global RNG left as it was), save it
+    with a CLIP-style image processor config of ``image_size``; returns ``directory``."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = BlipForConditionalGeneration(cfg).eval()
+        net = make().eval()
     net.save_pretrained(directory)
-    _save_clip_image_processor(directory, 32)
+    _save_clip_image_processor(directory, image_size)
     return directory
 
 
 def write_tiny_blip2(directory: str, seed: int = 0) -> str:
     """Write a tiny random ``Blip2ForConditionalGeneration`` (ViT, 1-layer Q-Former with 4 queries, OPT
     2x32) with a tiny WordPiece vocabulary plus an ``<image>`` token; returns ``directory``."""
-    import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
     tok = _tiny_bert_tokenizer(directory)
@@ -263,19 +269,13 @@ def write_tiny_blip2(directory: str, seed: int = 0) -> str:
                 bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
     cfg = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
                       image_token_index=image_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = Blip2ForConditionalGeneration(cfg).eval()
-    net.save_pretrained(directory)
-    _save_clip_image_processor(directory, 32)
-    return directory
+    return _save_seeded_hf(directory, lambda: Blip2ForConditionalGeneration(cfg), seed)
 
 
 def write_tiny_blip_itm(directory: str, seed: int = 0) -> str:
     """Write a tiny random ``BlipForImageTextRetrieval`` (ViT 2x32 on 32 px, BERT text encoder 2x32 with
     cross-attention, ITM head) with the tiny WordPiece vocabulary and BLIP's image processor config;
     returns ``directory`` (what models/blip_itm.py loads)."""
-    import torch
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
     tok = _tiny_bert_tokenizer(directory)
@@ -285,12 +285,7 @@ def write_tiny_blip_itm(directory: str, seed: int = 0) -> str:
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=32, patch_size=16, projection_dim=32)
     cfg = BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = BlipForImageTextRetrieval(cfg).eval()
-    net.save_pretrained(directory)
-    _save_clip_image_processor(directory, 32)
-    return directory
+    return _save_seeded_hf(directory, lambda: BlipForImageTextRetrieval(cfg), seed)
 
 
 def write_tiny_fast(directory: str, seed: int = 0, side: int = 512) -> str:

@@ -39,6 +39,30 @@ def resolve_device(requested: str = "auto"):
     raise UserError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N")
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' -> fp16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA (CPU half kernels are slow or missing)."""
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision in ("fp16", "bf16") and device.type != "cuda":
+        raise UserError(f"precision={precision} needs a CUDA device (device is {device}); "
+                        "use precision=fp32 or auto on CPU")
+    return precision
+
+
+def torch_dtype(precision: str, device):
+    """The torch dtype of :func:`resolve_precision`'s answer."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        resolve_precision(precision, device)]
+
+
 def local_copy(path: str, cache_dir: str | None = None) -> str:
     """Return a local path for ``path``, copying it once from gs://, s3:// ... (through fsio).
 

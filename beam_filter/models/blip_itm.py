@@ -31,23 +31,9 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
-from beam_filter.models.base import resolve_device
+from beam_filter.models.base import resolve_device, torch_dtype
 from beam_filter.models.image_prep import CpuImagePrep, PrepConfig, normalize_on_device
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def _dtype(precision: str, device):
-    import torch
-
-    precision = (precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision in ("fp16", "bf16") and device.type != "cuda":
-        raise UserError(f"precision={precision} needs a CUDA device; use fp32 or auto on CPU")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def _size(proc) -> int:
@@ -73,7 +59,7 @@ class BlipItmRunner:
 
         source = resolve_model_dir(model, "set the blip_itm stage's model parameter (--set blip_itm.model=DIR)")
         self.device = resolve_device(device)
-        self.dtype = _dtype(precision, self.device)
+        self.dtype = torch_dtype(precision, self.device)
         self.net = BlipForImageTextRetrieval.from_pretrained(source, dtype=self.dtype).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         proc = AutoImageProcessor.from_pretrained(source)

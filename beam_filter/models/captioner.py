@@ -45,12 +45,11 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
-from beam_filter.models.base import resolve_device
+from beam_filter.models.base import resolve_device, torch_dtype
 from beam_filter.models.image_prep import CpuImagePrep, PrepConfig, normalize_on_device
 
 FAMILIES = ("blip", "blip-2")
 SIEVE_PROMPT = "a picture of "
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def caption_seed(seed: int, uid: str, index: int) -> int:
@@ -121,19 +120,6 @@ def _family(directory: str) -> str:
     return kind
 
 
-def _dtype(precision: str, device):
-    import torch
-
-    precision = (precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision != "fp32" and device.type != "cuda":
-        raise UserError(f"precision={precision} needs a CUDA device; use fp32 or auto on CPU")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
 class Captioner:
     """A loaded BLIP / BLIP-2 with its tokenizer and CLIP-style image preparation.
 
@@ -154,7 +140,7 @@ class Captioner:
                                                "(--set captioner.model=DIR)")
         self.family = _family(self.source)
         self.device = resolve_device(device)
-        self.dtype = _dtype(precision, self.device)
+        self.dtype = torch_dtype(precision, self.device)
         if self.family == "blip":
             from transformers import BlipForConditionalGeneration as cls
         else:

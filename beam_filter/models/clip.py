@@ -58,31 +58,17 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
 from beam_filter.fsio import file_sha256, is_remote
-from beam_filter.models.base import local_copy, resolve_device
+from beam_filter.models.base import PRECISIONS, local_copy, resolve_device, resolve_precision, torch_dtype
 from beam_filter.models.clip_tokenizer import fast_tokenizer
 from beam_filter.models.image_prep import (CpuImagePrep, GpuJpegPrep, PrepConfig, PreparedBatch,
                                            normalize_on_device)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODERS = ("cpu", "gpu")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _register_lock = threading.Lock()
 
 
 # ---------------------------------------------------------------- loading
-
-def resolve_precision(precision: str, device) -> str:
-    """'auto' -> fp16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA (CPU half kernels are slow or missing)."""
-    precision = (precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision in ("fp16", "bf16") and device.type != "cuda":
-        raise UserError(f"precision={precision} needs a CUDA device (device is {device}); "
-                        "use precision=fp32 or auto on CPU")
-    return precision
-
 
 def _model_name(model: str) -> str:
     """open_clip model name for ``model``; a config JSON path is registered under its file stem."""
@@ -227,8 +213,7 @@ class ClipRunner:
         self.device = next(self.net.parameters()).device
         # open_clip's fp16/bf16 keep some parameters (embeddings, LayerNorm) in fp32, so
         # take the input dtype from the precision, not from the first parameter.
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            resolve_precision(precision, self.device)]
+        self.dtype = torch_dtype(precision, self.device)
         self.prep_cfg = PrepConfig.from_open_clip(pcfg)
         self.cpu_prep = CpuImagePrep(self.prep_cfg, draft=draft, threads=decode_threads,
                                      pin_memory=self.device.type == "cuda")

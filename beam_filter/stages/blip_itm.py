@@ -16,19 +16,9 @@ from typing import Any
 from beam_filter.columns import need
 from beam_filter.errors import UserError
 from beam_filter.records import READ_ERROR
-from beam_filter.registry import Param, ScoredStage, register
+from beam_filter.registry import Param, RankSpec, ScoredStage, register
 
 TINY_DIR = "blip_itm_tiny"
-
-
-class _Score:
-    """Picklable ``row -> score`` for ExactRankThreshold."""
-
-    def __init__(self, column: str):
-        self.column = column
-
-    def __call__(self, row: dict):
-        return row.get(self.column)
 
 
 @register
@@ -58,7 +48,6 @@ class BlipItmStage(ScoredStage):
         if self.p.threshold is not None and self.p.fraction is not None:
             raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
         self.score_column = f"{stage_id}_score"
-        self.getter = _Score(self.score_column)
         self.below = f"{stage_id}_score_below_threshold"
 
     def check_weights(self) -> None:
@@ -98,13 +87,10 @@ class BlipItmStage(ScoredStage):
     def needs_global_info(self) -> bool:
         return self.p.fraction is not None
 
-    def global_info(self, alive_rows):
+    def rank_spec(self) -> RankSpec | None:
         if self.p.fraction is None:
             return None
-        from beam_filter.transforms.thresholds import ExactRankThreshold
-
-        return alive_rows | f"{self.id}/RankThreshold" >> ExactRankThreshold(
-            self.getter, self.p.fraction, label_column=self.score_column)
+        return RankSpec(self.score_column, self.p.fraction, self.score_column)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         if not self._filters():

@@ -34,16 +34,6 @@ _FILTER_ON = {"score": "score", "image_specificity": "image_specificity_score",
               "text_specificity": "text_specificity_score"}
 
 
-class _Column:
-    """Picklable ``row -> row[column]``."""
-
-    def __init__(self, column: str):
-        self.column = column
-
-    def __call__(self, row: dict):
-        return row.get(self.column)
-
-
 @register
 class HypeStage(ScoredStage):
     """HYPE (Kim et al., ECCV 2024): Lorentz distance and image/text specificity from a hyperbolic CLIP."""
@@ -82,7 +72,6 @@ class HypeStage(ScoredStage):
         self.image_column = f"{stage_id}_image_embedding"
         self.text_column = f"{stage_id}_text_embedding"
         self.filter_column = f"{stage_id}_{_FILTER_ON[p.filter_on]}"
-        self.getter = _Column(self.filter_column)
         self.below = f"{stage_id}_{p.filter_on}_below_threshold"
 
     def check_weights(self) -> None:
@@ -138,12 +127,12 @@ class HypeStage(ScoredStage):
     def rank_spec(self) -> RankSpec | None:
         if self.p.fraction is None:
             return None
-        return RankSpec(self.getter, self.p.fraction, self.filter_column)
+        return RankSpec(self.filter_column, self.p.fraction, self.filter_column)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         if self.p.threshold is None and self.p.fraction is None:
             return None
-        value = self.getter(row)
+        value = row.get(self.filter_column)
         threshold = self.p.threshold if self.p.fraction is None else (None if info is None else info.threshold)
         if value is None or (isinstance(value, float) and math.isnan(value)) or threshold is None \
                 or float(value) < threshold:

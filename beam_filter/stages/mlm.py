@@ -156,7 +156,7 @@ class MLMFilter(ScoredStage):
         if self.rank_metric is None:
             return None
         column = self.columns[self.rank_metric]
-        return RankSpec(column, self.p.fraction, column, (column,))
+        return RankSpec(column, self.p.fraction, column)
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         why = threshold_reason(row, self.columns, self.thresholds)
