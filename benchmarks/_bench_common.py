@@ -1,4 +1,4 @@
-"""Helpers the side-by-side benchmarks share (bench_vs_datacomp.py, bench_score_vs_loop.py).
+"""Helpers the benchmarks share (bench_vs_datacomp.py, bench_score_vs_loop.py, bench_cluster.py, bench_dbp.py).
 
 ``measure`` is bench_select's (one way to measure a command's process tree in this
 project); this adds CPU time, the figure that stays readable on a shared machine.
@@ -15,7 +15,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_select import measure, metadata_dir  # noqa: E402  (re-exported for the benchmarks)
 
-__all__ = ["measure", "measure_cpu", "metadata_dir"]
+__all__ = ["measure", "measure_cpu", "metadata_dir", "run_jobs_isolated"]
+
+
+def run_jobs_isolated(script: str, jobs: list[tuple[str, int]], json_path: str | None = None) -> list[dict]:
+    """Run ``script --one KIND N`` in a fresh process per job (so each peak RSS is its own), collect the
+    JSON after its ``RESULT `` line, print each as it comes and write them all to ``json_path``."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = []
+    for kind, n in jobs:
+        proc = subprocess.run([sys.executable, script, "--one", kind, str(n)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": root})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{kind} n={n} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(line[7:])
+        results.append(r)
+        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
 
 
 def _descendant_ticks(root: int, ticks: dict[int, int]) -> None:

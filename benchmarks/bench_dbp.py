@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -181,21 +179,9 @@ def main(argv=None):
         print("RESULT " + json.dumps(r), flush=True)
         return
     jobs = [("stream", n) for n in args.sizes] + [("beam", n) for n in args.beam]
-    results = []
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for kind, n in jobs:
-        proc = subprocess.run([sys.executable, __file__, "--one", kind, str(n)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": root})
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{kind} n={n} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        r = json.loads(line[7:])
-        results.append(r)
-        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    from _bench_common import run_jobs_isolated
+
+    run_jobs_isolated(__file__, jobs, args.json)
 
 
 if __name__ == "__main__":
