@@ -9,7 +9,7 @@ face as they are. Here the boxes come from
    by the uid the sample's decision row recorded; loaded once per writer process (only rows
    with a face are kept in memory: a uid and its boxes);
 2. else the scores beside the decisions (the ``face_area`` stage's ``*_bboxes`` column,
-   ``output_blur.read_score_boxes``).
+   ``output_blur.ScoreBoxes``).
 
 The hook wraps the ``--apply-blur`` one (output_blur.FaceBlur) when both are asked: boxes
 are injected first, then the image is blurred. The json is rewritten in place (the
@@ -30,13 +30,10 @@ class InjectBlurMetadata:
     """What the reshard writer calls per sample: ``members(shard, key, members) -> members``."""
 
     def __init__(self, scores_root: str | None, metadata_dir: str | None = None, then=None):
-        self.scores_root, self.metadata_dir, self.then = scores_root, metadata_dir, then
-        self._shard: str | None = None
-        self._boxes: dict[str, Any] = {}
+        from beam_filter.output_blur import ScoreBoxes
 
-    def __getstate__(self):
-        return {"scores_root": self.scores_root, "metadata_dir": self.metadata_dir, "then": self.then,
-                "_shard": None, "_boxes": {}}
+        self.scores_root, self.metadata_dir, self.then = scores_root, metadata_dir, then
+        self.score_boxes = ScoreBoxes(scores_root)
 
     def describe(self) -> dict:
         return {"inject_blur_metadata": True,
@@ -47,12 +44,7 @@ class InjectBlurMetadata:
         if self.metadata_dir:
             uid = _json_uid(members)
             return metadata_boxes(self.metadata_dir).get(uid) if uid else None
-        if shard != self._shard:
-            from beam_filter.output_blur import read_score_boxes
-
-            self._shard = shard
-            self._boxes = read_score_boxes(self.scores_root, shard) if self.scores_root else {}
-        return self._boxes.get(key)
+        return self.score_boxes.get(shard, key)
 
     def members(self, shard: str, key: str, members: dict) -> dict:
         boxes = decode_boxes(self._boxes_for(shard, key, members))

@@ -88,25 +88,13 @@ class FaceBlur:
 
     def __init__(self, scores_root: str | None, column: str | None = None, quality: int = 95):
         self.scores_root, self.column, self.quality = scores_root, column, quality
-        self._shard: str | None = None
-        self._boxes: dict[str, Any] = {}
-
-    def __getstate__(self):
-        return {"scores_root": self.scores_root, "column": self.column, "quality": self.quality,
-                "_shard": None, "_boxes": {}}
+        self.score_boxes = ScoreBoxes(scores_root, column)
 
     def describe(self) -> dict:
         """What meta.json says about the blur."""
         return {"apply_blur": True, "boxes": f"sample json {METADATA_KEY}, else the scores column "
                 f"{self.column or '*_bboxes (face_area stage)'}", "jpeg_quality": self.quality,
                 "grow": GROW}
-
-    def _scores_boxes(self, shard: str) -> dict[str, Any]:
-        if shard != self._shard:
-            self._shard, self._boxes = shard, {}
-            if self.scores_root:
-                self._boxes = read_score_boxes(self.scores_root, shard, self.column)
-        return self._boxes
 
     def members(self, shard: str, key: str, members: dict) -> dict:
         boxes = None
@@ -117,7 +105,7 @@ class FaceBlur:
             except ValueError:
                 boxes = None
         if boxes is None:
-            boxes = self._scores_boxes(shard).get(key)
+            boxes = self.score_boxes.get(shard, key)
         if not decode_boxes(boxes):
             return members
         out = dict(members)
@@ -129,6 +117,27 @@ class FaceBlur:
                     return members
                 break
         return out
+
+
+class ScoreBoxes:
+    """The face boxes of a source shard's samples from its scores file, read when the shard's first
+    sample is written and kept until the next shard (the writer goes shard by shard). Picklable:
+    the cache stays behind when it travels to reshard workers."""
+
+    def __init__(self, scores_root: str | None, column: str | None = None):
+        self.scores_root, self.column = scores_root, column
+        self._shard: str | None = None
+        self._boxes: dict[str, Any] = {}
+
+    def __getstate__(self):
+        return {"scores_root": self.scores_root, "column": self.column, "_shard": None, "_boxes": {}}
+
+    def get(self, shard: str, key: str) -> Any:
+        if shard != self._shard:
+            self._shard, self._boxes = shard, {}
+            if self.scores_root:
+                self._boxes = read_score_boxes(self.scores_root, shard, self.column)
+        return self._boxes.get(key)
 
 
 def read_score_boxes(scores_root: str, shard: str, column: str | None = None) -> dict[str, Any]:
