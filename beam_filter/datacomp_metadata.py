@@ -144,18 +144,18 @@ def _row_dicts(table_batch) -> list[dict]:
     return rows
 
 
-def passthrough_columns(parquet_path: str, stages, n_rows: int) -> dict | None:
+def passthrough_columns(batches: list, stages) -> dict | None:
     """The part's parquet columns as Arrow arrays (renamed as rows name them, typed as the rows'
     Python values would be: tables.python_typed), for its decisions file: converting 50k rows of
-    url/text/sha256 back from Python objects was most of a part's select time. Columns a stage
-    produces (it may overwrite them in the rows) are left out; so is everything when the row count
-    differs (not the file :func:`iter_metadata_rows` read)."""
-    import pyarrow.parquet as pq
+    url/text/sha256 back from Python objects was most of a part's select time. ``batches``: what
+    :func:`iter_metadata_rows` read (``keep_batches``), aligned with its rows. Columns a stage
+    produces (it may overwrite them in the rows) are left out."""
+    import pyarrow as pa
 
-    from beam_filter.tables import python_typed
+    from beam_filter.tables import DECISION_ONLY, python_typed
 
-    from beam_filter.tables import DECISION_ONLY
-
+    if not batches:
+        return None
     produced = set(DECISION_ONLY) | {R.UID, R.SHARD, R.KEY, R.READ_ERROR, R.WARNING}
 
     def visit(stage):
@@ -166,10 +166,7 @@ def passthrough_columns(parquet_path: str, stages, n_rows: int) -> dict | None:
 
     for stage in stages:
         visit(stage)
-    with fsio.open_read(parquet_path) as f:
-        table = pq.ParquetFile(f).read()        # (pq.read_table would import pyarrow.dataset + pandas)
-    if table.num_rows != n_rows:
-        return None
+    table = pa.Table.from_batches(batches)
     out = {}
     for name in table.column_names:
         row_name = RENAMES.get(name, name)
@@ -183,12 +180,14 @@ def passthrough_columns(parquet_path: str, stages, n_rows: int) -> dict | None:
 
 def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                        embeddings: Sequence[str] | None = None,
-                       batch_rows: int = _BATCH_ROWS) -> Iterator[dict]:
+                       batch_rows: int = _BATCH_ROWS, keep_batches: list | None = None) -> Iterator[dict]:
     """Rows of one DataComp metadata part, streamed.
 
     ``npz_path``: "auto" = the parquet's stem + ``.npz`` when it exists; None = no
     embeddings. ``embeddings``: which npz arrays to attach (default: those of
     ``EMBEDDING_KEYS`` present; a requested one that is missing is a UserError).
+    ``keep_batches``: a list that receives every Arrow record batch read (the rows' source, for
+    :func:`passthrough_columns` without reading the file again).
     """
     import pyarrow.parquet as pq
 
@@ -225,6 +224,8 @@ def iter_metadata_rows(parquet_path: str, npz_path: str | None = "auto",
                 raise UserError(f"{parquet_path}: no .npz beside it, but embeddings "
                                 f"{', '.join(embeddings)} were asked for")
             for batch in parquet.iter_batches(batch_size=batch_rows):
+                if keep_batches is not None:
+                    keep_batches.append(batch)
                 rows = _row_dicts(batch)
                 feats = [(a.key, a.read(len(rows))) for a in arrays]
                 for i, row in enumerate(rows):

@@ -212,13 +212,15 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
     return ShardResult(kept, errors, counts, clock.totals)
 
 
-def read_part_rows(part, embeddings: tuple = ()) -> list[dict]:
-    """The rows of one select input part: a scores file, or a DataComp metadata (parquet, npz) pair."""
+def read_part_rows(part, embeddings: tuple = (), keep_batches: list | None = None) -> list[dict]:
+    """The rows of one select input part: a scores file, or a DataComp metadata (parquet, npz) pair
+    (``keep_batches`` then receives the Arrow batches they were built from)."""
     if isinstance(part, (tuple, list)):
         from beam_filter.datacomp_metadata import iter_metadata_rows
 
         parquet, npz = part
-        return list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None))
+        return list(iter_metadata_rows(parquet, npz, list(embeddings) if npz else None,
+                                       keep_batches=keep_batches))
     return tables.read_rows(part, embeddings_beside(part))       # a scores file of a score run
 
 
@@ -234,16 +236,14 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
     by the pool. The general graph (transforms/select.py) writes the same bytes (a test
     checks it).
     """
-    rows = decide_rows(read_part_rows(part, embeddings), select_stages, infos)
+    batches: list = []
+    rows = decide_rows(read_part_rows(part, embeddings, batches), select_stages, infos)
     kept = None
     if rows:
-        passthrough = None
-        if isinstance(part, (tuple, list)):
-            from beam_filter.datacomp_metadata import passthrough_columns
+        from beam_filter.datacomp_metadata import passthrough_columns
 
-            passthrough = passthrough_columns(part[0], select_stages, len(rows))
         kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,
-                                  metadata=metadata, arrow_columns=passthrough)
+                                  metadata=metadata, arrow_columns=passthrough_columns(batches, select_stages))
     counts = Counter({"rows_read": len(rows)})
     for r in rows:
         counts["kept" if r[R.KEPT] else f"reason:{r[R.REASON]}"] += 1
