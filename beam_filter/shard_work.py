@@ -282,7 +282,8 @@ def _first_column_values(part, columns: tuple):
     """The rank values of a part whose rows all stay alive up to a recipe's first stage, read as one
     column: the first of ``columns`` the part's file has (as the stage's value getter picks it per
     row), float64 with None as NaN, rows with a read error left out (they are never alive). None when
-    no such numeric column exists: the caller builds rows and gets the stage's own error."""
+    no such numeric column exists or the file is unreadable: the caller builds rows and gets the one-line
+    error of the stage or of the reader."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -296,7 +297,10 @@ def _first_column_values(part, columns: tuple):
 
         renames = RENAMES
     with fsio.open_read(path) as f:
-        pf = pq.ParquetFile(f)
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception:  # noqa: BLE001 - unreadable: the row path reports it in one line
+            return None
         in_file = {renames.get(n, n): n for n in pf.schema_arrow.names}
         name = next((in_file[c] for c in columns if c in in_file), None)
         if name is None:
