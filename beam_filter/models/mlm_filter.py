@@ -38,22 +38,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
-import hashlib
 import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_filter import fsio
 from beam_filter.errors import UserError
 from beam_filter.fsio import is_remote
 from beam_filter.models import mlm_prompts as P
 from beam_filter.models.base import resolve_device
+from beam_filter.models.checkpoints import checkpoint_problem, resolve_model_dir
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
 CORRUPT_IMAGE = "corrupt_image"
@@ -130,85 +127,15 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def _cache_root() -> str:
-    return os.environ.get("BEAM_FILTER_CACHE",
-                          os.path.join(tempfile.gettempdir(), "beam_filter_models"))
-
-
-def _copy_remote_dir(path: str) -> str:
-    """Copy a checkpoint directory from gs:// / s3:// ... once per VM (through fsio).
-
-    Same idea as ``base.local_copy`` for a whole directory: a cache folder named by the
-    path's hash, written under a temporary name and renamed, so concurrent workers on a
-    VM never read a half-copied checkpoint.
-    """
-    root = path.rstrip("/")
-    target = os.path.join(_cache_root(), hashlib.sha256(root.encode()).hexdigest()[:16]
-                          + "-" + os.path.basename(root))
-    if os.path.isdir(target):
-        return target
-    matches = fsio.match(root + "/**")
-    if not matches:
-        raise UserError(f"model directory {path} is empty or missing")
-    os.makedirs(_cache_root(), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=_cache_root())
-    try:
-        for match in matches:
-            rel = match[len(root) + 1:]
-            dest = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with fsio.open_read(match) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, 16 << 20)
-        try:
-            os.replace(tmp, target)
-        except OSError:          # another worker won the race
-            if not os.path.isdir(target):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def resolve_checkpoint(model: str, base_dir: str | None = None) -> str:
-    """Local directory holding ``model``: a path, a gs://... directory, or a hub id.
-
-    A relative path is first looked up under ``base_dir`` (how ``mm_vision_tower`` can
-    point inside the checkpoint). Hub ids go through huggingface_hub's cache, so they
-    honour ``HF_HUB_OFFLINE``.
-    """
-    if base_dir and not is_remote(model) and os.path.isdir(os.path.join(base_dir, model)):
-        return os.path.join(base_dir, model)
-    if os.path.isdir(model):
-        return model
-    if is_remote(model):
-        return _copy_remote_dir(model)
-    problem = local_checkpoint_problem(model)
-    if problem:
-        raise UserError(f"model {model!r} {problem}; {SET_MODEL_HINT}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(model)
-    except Exception as e:  # network, offline mode, missing repo: one line for the user
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot fetch model {model!r} from the Hugging Face hub ({first}); download it "
-                        f"once with network (hf download {model}) or {SET_MODEL_HINT}") from None
+    """Local directory holding ``model``: a path, a gs://... directory, or a hub id
+    (models/checkpoints.py, shared with the other Hugging Face-style models)."""
+    return resolve_model_dir(model, SET_MODEL_HINT, base_dir=base_dir)
 
 
 SET_MODEL_HINT = "set the mlm stage's model parameter to a checkpoint directory (--set mlm.model=DIR)"
-
-
-def local_checkpoint_problem(model: str) -> str | None:
-    """What is wrong with ``model`` as a local checkpoint directory, or None when it is a
-    directory, a remote path or a hub id (``owner/name``; those are fetched when loading)."""
-    if is_remote(model) or os.path.isdir(model):
-        return None
-    if os.path.exists(model):
-        return "is a file; MLM-Filter needs a checkpoint directory"
-    if model.count("/") != 1 or model.startswith((".", "/", "~")):
-        return "is neither an existing local directory nor a hub id (owner/name)"
-    return None
+# The recipe check (stages/mlm.py) asks before any model library is imported.
+local_checkpoint_problem = checkpoint_problem
 
 
 def hub_cache_problem(model: str) -> str | None:

