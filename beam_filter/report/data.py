@@ -33,6 +33,7 @@ from beam_filter import records as R
 from beam_filter.errors import UserError
 from beam_filter.addback import REASON_PREFIX as ADDED_BACK_PREFIX
 from beam_filter.layout import OutputLayout
+from beam_filter.readahead import read_ahead
 
 READ_STAGE = "read"
 KEPT_GROUP = "kept"
@@ -286,6 +287,31 @@ def _string_column(tbl: pa.Table, name: str):
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
+def _bin_counts(values: np.ndarray, kept: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(values[kept], edges)[0]`` and the same of ``~kept``, from one bin lookup.
+
+    Same bins as numpy's (``[e_i, e_i+1)``, the last one closed, values outside dropped), for
+    finite values and increasing edges; numpy sorts the data on every call, twice per column
+    and file here.
+    """
+    nbins = len(edges) - 1
+    idx = np.searchsorted(edges, values, side="right") - 1
+    idx[values == edges[-1]] = nbins - 1
+    inside = (idx >= 0) & (idx < nbins)
+    return (np.bincount(idx[inside & kept], minlength=nbins)[:nbins],
+            np.bincount(idx[inside & ~kept], minlength=nbins)[:nbins])
+
+
+def _smallest(idx: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+    """``idx[np.argsort(keys, kind="stable")[:n]]`` without sorting every key: the keys up to the
+    n-th smallest are picked first (ties at it included), then sorted stably."""
+    if keys.size > 4 * n > 0:
+        cut = np.partition(keys, n - 1)[n - 1]
+        pick = np.flatnonzero(keys <= cut)
+        return idx[pick[np.argsort(keys[pick], kind="stable")[:n]]]
+    return idx[np.argsort(keys, kind="stable")[:n]]
+
+
 def _as_float(col) -> np.ndarray:
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
@@ -344,6 +370,22 @@ class _ClusterAcc:
         return ClusterSizes(column, self.rows[order], self.kept[order], self.missing, stats)
 
 
+def _uid_digests(col) -> np.ndarray:
+    """sha256 of each uid's UTF-8 text (``str(uid)``: a null is "None"), as an (n, 32) byte matrix.
+
+    One digest per row is the cost of the deterministic thumbnail choice; they are taken
+    straight from the Arrow bytes and joined once (no ``str``/``encode`` per row), about a
+    third less than hashing Python strings, and reused for the chosen rows' hex digests.
+    """
+    sha = hashlib.sha256
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        raw = pc.cast(pc.fill_null(col, "None"), pa.binary()).to_pylist()
+    else:
+        raw = [str(u).encode("utf-8") for u in col.to_pylist()]
+    joined = b"".join([sha(u).digest() for u in raw])
+    return np.frombuffer(joined, np.uint8).reshape(len(raw), 32)
+
+
 class _SampleAcc:
     """The ``n`` rows with the smallest sha256(uid) per group, across files."""
 
@@ -351,14 +393,15 @@ class _SampleAcc:
         self.n = n
         self.best: dict[str, list[tuple]] = {}
 
-    def add(self, tbl: pa.Table, groups, extra_cols: list[str]) -> None:
-        """``groups``: string array, the group of each row of ``tbl``."""
+    def add(self, tbl: pa.Table, groups, extra_cols: list[str], digests: np.ndarray | None = None) -> None:
+        """``groups``: string array, the group of each row of ``tbl``; ``digests``: its
+        :func:`_uid_digests` when already taken."""
         if self.n <= 0 or tbl.num_rows == 0:
             return
-        uids = [str(u).encode("utf-8") for u in tbl.column(R.UID).to_pylist()]
-        sha = hashlib.sha256
+        if digests is None:
+            digests = _uid_digests(tbl.column(R.UID))
         # Rank by the first 8 digest bytes (a uint64 sort); the merge below compares full digests.
-        prefix = np.frombuffer(b"".join(sha(u).digest()[:8] for u in uids), dtype=">u8")
+        prefix = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel()
         enc = pc.dictionary_encode(groups)
         if isinstance(enc, pa.ChunkedArray):
             enc = enc.combine_chunks()
@@ -369,9 +412,9 @@ class _SampleAcc:
             idx = np.nonzero(codes == code)[0]
             if idx.size == 0:
                 continue
-            top = idx[np.argsort(prefix[idx], kind="stable")[: self.n]]
+            top = _smallest(idx, prefix[idx], self.n)
             rows = small.take(pa.array(top)).to_pylist()
-            cands = [(sha(uids[i]).hexdigest(), str(r.get(R.SHARD)), str(r.get(R.KEY)), r)
+            cands = [(digests[i].tobytes().hex(), str(r.get(R.SHARD)), str(r.get(R.KEY)), r)
                      for i, r in zip(top.tolist(), rows)]
             self.best[g] = heapq.nsmallest(self.n, self.best.get(g, []) + cands, key=lambda c: c[:3])
 
@@ -430,20 +473,39 @@ class _OverlapAcc:
         if FAILED_STAGES in tbl.column_names:
             lists = tbl.column(FAILED_STAGES).combine_chunks()
             if pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type):
-                flat = pc.list_flatten(lists).to_pylist()
-                parents = pc.list_parent_indices(lists).to_numpy()
-                for p, s in zip(parents, flat):
-                    j = self.index.get(s)
-                    if j is None:
-                        if s != READ_STAGE:   # read errors are not a filter: no overlap axis
-                            self.unknown[s] += 1
-                    else:
-                        fails[p, j] = True
+                self._mark_listed(fails, lists)
         f = fails.astype(np.int64)
         self.matrix += f.T @ f
         per_row = fails.sum(axis=1)
         self.only += fails[per_row == 1].sum(axis=0)
         self.any_fail += int((per_row > 0).sum())
+
+    def _mark_listed(self, fails: np.ndarray, lists) -> None:
+        """``fails[row, stage] = True`` for every stage a row's failed_stages list names (known
+        stages; others counted in ``unknown``, read errors skipped: they are not a filter).
+        One ``index_in`` over the flattened lists instead of a Python step per entry."""
+        flat = pc.list_flatten(lists)
+        parents = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False))
+        if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+            for p, s in zip(parents, flat.to_pylist()):
+                j = self.index.get(s)
+                if j is None:
+                    if s != READ_STAGE:
+                        self.unknown[s] += 1
+                else:
+                    fails[p, j] = True
+            return
+        names = pa.array(sorted(self.index, key=self.index.get), flat.type)
+        pos = pc.index_in(flat, value_set=names)
+        found = np.asarray(pos.is_valid().to_numpy(zero_copy_only=False), bool)
+        if found.any():
+            cols = np.asarray(pos.filter(pa.array(found)).to_numpy(zero_copy_only=False), np.int64)
+            fails[parents[found], cols] = True
+        if not found.all():
+            other = pa.table({"s": flat.filter(pa.array(~found))})
+            for rec in other.group_by("s").aggregate([([], "count_all")]).to_pylist():
+                if rec["s"] != READ_STAGE:
+                    self.unknown[rec["s"]] += rec["count_all"]
 
     def result(self, has_failed_column: bool, order: list[str]) -> Overlap:
         """The matrix with its axes in funnel ``order``."""
@@ -518,9 +580,15 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
     added_back: Counter = Counter()
     shard_counts: dict[str, list[int]] = {}
 
-    for path, file_cols in zip(paths, ft.columns):
+    def read(item):
+        """One file's columns, and its uid digests when thumbnails are drawn: both in the
+        read-ahead thread, overlapping the Arrow work on the previous file."""
+        path, file_cols = item
+        tbl = tables.read_table(path, sorted(file_cols & wanted))
+        return tbl, (_uid_digests(tbl.column(R.UID)) if samples.n > 0 and tbl.num_rows else None)
+
+    for (path, file_cols), (tbl, digests) in read_ahead(list(zip(paths, ft.columns)), read):
         cols = sorted(file_cols & wanted)
-        tbl = tables.read_table(path, cols)
         n = tbl.num_rows
         if n == 0:
             continue
@@ -562,8 +630,9 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
             v = _as_float(tbl.column(c))
             ok = np.isfinite(v)
             hist_missing[c] += int((~ok).sum())
-            hist_kept[c] += np.histogram(v[ok & kept], bins=e)[0]
-            hist_drop[c] += np.histogram(v[ok & ~kept], bins=e)[0]
+            k, d = _bin_counts(v[ok], kept[ok], e)
+            hist_kept[c] += k
+            hist_drop[c] += d
         for c, acc in cluster_acc.items():
             if c not in cols:
                 acc.missing += n
@@ -577,7 +646,7 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
                 if stat_col in cols:
                     acc.add_stat(name, ids, _as_float(tbl.column(stat_col))[valid])
         overlap.add(tbl, drop_stage)
-        samples.add(tbl, groups, hist_cols)
+        samples.add(tbl, groups, hist_cols, digests)
 
     order = _stage_order(meta, set(stage_drops))
     funnel, n_in = [], total
