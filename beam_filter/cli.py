@@ -147,10 +147,16 @@ def cmd_pipeline(args, extra: list[str]) -> int:
 
         mix = parse_inputs(list(args.input), getattr(args, "decontaminate", None))
         job.sources = mix.describe() if mix.named else None
+    prepend = [mix.stage_entry()] if mix is not None and mix.named else []
+    if command == "select" and getattr(args, "scores", None):   # scores of named inputs: their sources stage
+        from beam_filter.recipe import load_recipe
+        from beam_filter.sources import recorded_mix
+
+        entry, job.sources = recorded_mix(args.scores, load_recipe(args.recipe).raw.get("stages"))
+        prepend = [entry] if entry else []
     if command in ("run", "score", "select"):
         overrides = list(args.set or [])
-        job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None),
-                                  prepend=[mix.stage_entry()] if mix is not None and mix.named else ())
+        job.recipe = _load_recipe(args.recipe, overrides, getattr(args, "test_models", None), prepend=prepend)
         if command != "select":
             check_columns(job)          # shards provide what the stages compute: no I/O needed
             _check_model_weights(job.recipe)
@@ -250,18 +256,40 @@ def cmd_make_sample(args, extra) -> int:
 
 
 def cmd_build_centroids(args, extra) -> int:
-    """DataComp's image_based_clustering.py (build_centroids.py)."""
-    _no_extra(extra)
-    from beam_filter.build_centroids import build_centroids
+    """DataComp's image_based_clustering.py (build_centroids.py): on one machine, or as a Beam graph
+    (--distributed; --dataflow implies it) on the local runner or Dataflow."""
+    from beam_filter import build_centroids as bc
 
     if args.sample_ratio is not None and not 0 < args.sample_ratio <= 1:
         raise UserError("--sample-ratio must be in (0, 1]")
-    done = build_centroids(args.output, metadata_dir=args.metadata, scores_dir=args.scores, key=args.embedding,
-                           num_clusters=args.num_clusters, seed=args.seed, niter=args.niter,
-                           caption_filtering=not args.disable_caption_filtering,
-                           sample_ratio=args.sample_ratio or -1.0, lid_model=args.lid_model)
+    kw = dict(metadata_dir=args.metadata, scores_dir=args.scores, key=args.embedding,
+              num_clusters=args.num_clusters, seed=args.seed, niter=args.niter,
+              caption_filtering=not args.disable_caption_filtering, sample_ratio=args.sample_ratio or -1.0,
+              lid_model=args.lid_model, sample_salt=args.sample_salt, assign_dir=args.assign)
+    launch = dataflow.Launch.from_attrs(args)
+    if not (args.distributed or launch.dataflow):
+        if extra:
+            raise UserError(f"Beam options ({extra[0]} ...) apply to --distributed (or --dataflow)")
+        if launch.dataflow_only() or launch.project or launch.region:
+            raise UserError(f"{(launch.dataflow_only() or ['--project/--region'])[0]} is a Dataflow option: "
+                            "add --dataflow")
+        done = bc.build_centroids(args.output, **kw)
+        timing = f"load {done['load_s']} s, k-means {done['kmeans_s']} s"
+    else:
+        from beam_filter.job import Job
+
+        beam_args = _beam_args(extra)
+        _check_runner(beam_args)
+        beam_args, _ = dataflow.configure(Job(command="build-centroids", output=args.output), launch, beam_args,
+                                          [p for p in (args.metadata, args.scores, args.assign) if p])
+        if dataflow.is_dataflow(beam_args):
+            print("beam-filter: Beam options: " + shlex.join(beam_args), file=sys.stderr)
+        done = bc.build_centroids_distributed(args.output, beam_args, **kw)
+        timing = f"{done['parts']} parts, distributed, {done['seconds']} s"
     print(f"wrote {done['clusters']} centroids ({done['dim']}-d) from {done['embeddings']} embeddings to "
-          f"{done['output']} (load {done['load_s']} s, k-means {done['kmeans_s']} s)")
+          f"{done['output']} ({timing})")
+    if args.assign:
+        print(f"wrote the nearest centroid of {done['assigned']} rows to {args.assign}/*.parquet")
     return 0
 
 
@@ -675,6 +703,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample-ratio", type=float, help="keep this fraction of rows, by uid hash (memory)")
     sp.add_argument("--disable-caption-filtering", action="store_true", help="cluster every row")
     sp.add_argument("--lid-model", help="fastText language-id model (default: bundled lid.176.ftz)")
+    sp.add_argument("--sample-salt", default="build-centroids", help="salt of the --sample-ratio rule: a row "
+                    "is sampled when uid_unit(uid, SALT) < ratio (another salt, another sample)")
+    sp.add_argument("--distributed", action="store_true", help="a Beam graph: parts read and sampled in "
+                    "parallel, k-means on one worker (--dataflow implies it; Beam options pass through)")
+    sp.add_argument("--assign", metavar="DIR", help="also write each part's rows' nearest centroid "
+                    "(uid, centroid, caption_ok) to DIR/<part>.parquet")
+    _dataflow_options(sp)
     sp.set_defaults(func=cmd_build_centroids)
     sp = sub.add_parser("make-test-models", help="write tiny random checkpoints for offline smoke tests")
     sp.add_argument("directory")

@@ -184,8 +184,37 @@ def configure(job, launch: Launch, beam_args: list[str], inputs: list[str]) -> t
                   job_name=_job_name(launch.job_name or _default_job_name(job)))
     if "use_runner_v2" not in ",".join(option_values(args, "experiments")):
         args.append("--experiments=use_runner_v2")
+    args += sources_args(getattr(job, "sources", None))
     hints = _gpu_hints(job, launch, args, gpu_machine)
     return _worker_image(launch, args, hints), hints
+
+
+SOURCES_OPTION = "beam_filter_sources"
+_SOURCES_OPTIONS: list = []     # the PipelineOptions class declaring it, made once (see sources_args)
+
+
+def sources_args(sources: dict | None) -> list[str]:
+    """``--beam_filter_sources=JSON``: a mixed-source job's sources (``sources.Mix.describe()``: each
+    source's name, input glob, fraction, copies, filtered, external and decontaminated flags).
+
+    A pipeline option, so a Dataflow job states its sources where its options are shown: the
+    job's ``sdkPipelineOptions`` (the console's "Pipeline options"), the job file of
+    ``--dry-run``, and its printed summary. Declared by a PipelineOptions subclass made on first
+    use (Beam is not imported before a Dataflow job needs it), so Beam parses it as its own.
+    """
+    if not sources:
+        return []
+    if not _SOURCES_OPTIONS:
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        class BeamFilterSourcesOptions(PipelineOptions):
+            @classmethod
+            def _add_argparse_args(cls, parser):
+                parser.add_argument(f"--{SOURCES_OPTION}", default=None,
+                                    help="beam-filter: the named inputs of this job (JSON; informational)")
+
+        _SOURCES_OPTIONS.append(BeamFilterSourcesOptions)
+    return [f"--{SOURCES_OPTION}=" + json.dumps(sources, sort_keys=True, separators=(",", ":"))]
 
 
 def _ours(flag: str | None, args: list[str], **beam) -> list[str]:
@@ -458,6 +487,7 @@ def write_job_file(job, beam_args: list[str], path: str) -> dict:
         "job_name": df_job.options.view_as(GoogleCloudOptions).job_name,
         "resource_hints": job.gpu_hints,
         "environments": environment_summary(df_job.proto_pipeline),
+        **({"sources": job.sources} if getattr(job, "sources", None) else {}),
     }
 
 

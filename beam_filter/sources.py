@@ -289,3 +289,50 @@ def source_summary(decision_files: list[str], mix: dict | None = None) -> dict:
         out.setdefault(name, {"samples": 0, "kept": 0, "kept_with_copies": 0,
                               NOT_SAMPLED: 0, "eval_contamination": 0}).update(cfg)
     return dict(sorted(out.items()))
+
+
+# ---- select --scores of a mixed-source score run ------------------------------------------------
+
+def recorded_mix(scores_dir: str, recipe_stages: list | None = None) -> tuple[dict | None, dict | None]:
+    """(``sources`` stage entry, mix description) that a ``score`` run with named inputs recorded.
+
+    ``select --scores`` puts the entry first in its recipe, so the same per-source fraction,
+    copies, decontamination and ``filter`` rules decide the rows as ``run`` would: the entry is
+    the scored recipe's own ``sources`` stage, params as scored (report.json ``recipe.stages``,
+    also what ``columns.check_score_settings`` compares), and the description is report.json's
+    ``sources`` (input, fraction, copies, flags; for the select's report and meta.json), else
+    rebuilt from the stage's params. (None, None) when the scores were not made from named inputs,
+    have no report.json, or the select recipe (``recipe_stages``, raw entries) has its own
+    ``sources`` stage.
+    """
+    from beam_filter import fsio
+    from beam_filter.layout import OutputLayout
+
+    if any(isinstance(s, dict) and STAGE_ID in s for s in recipe_stages or ()):
+        return None, None
+    path = OutputLayout(scores_dir).report_json
+    if not fsio.exists(path):
+        return None, None
+    try:
+        report = fsio.read_json(path)
+        stored = [s for s in report.get("recipe", {}).get("stages", [])
+                  if isinstance(s, dict) and s.get("type") == STAGE_ID and s.get("id") == STAGE_ID]
+    except (ValueError, AttributeError, TypeError):
+        raise UserError(f"{path}: not a beam-filter report.json (the score run's record)") from None
+    if not stored:
+        return None, None
+    params = dict(stored[0].get("params") or {})
+    entry = {STAGE_ID: {**params, "type": STAGE_ID}}
+    described = report.get("sources")
+    if isinstance(described, dict) and described:       # the config only: select counts its own rows
+        described = {name: {k: v for k, v in cfg.items() if k in _DESCRIBED}
+                     for name, cfg in described.items() if isinstance(cfg, dict)}
+    else:
+        described = {name: {"fraction": cfg.get("fraction", 1.0), "copies": cfg.get("copies", 1),
+                            "filtered": cfg.get("filter", True) is not False,
+                            "decontaminated": bool(cfg.get("decontaminate"))}
+                     for name, cfg in sorted((params.get("sources") or {}).items())}
+    return entry, described
+
+
+_DESCRIBED = ("input", "fraction", "copies", "filtered", "external", "decontaminated")   # Source.describe

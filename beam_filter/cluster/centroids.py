@@ -114,8 +114,9 @@ def load_array_file(path: str, what: str) -> np.ndarray:
 
     ``.pt``: what DataComp ships: ``torch.save`` of a numpy array (the centroids, pickle
     protocol 4) or of ``{"image_features": tensor}`` (the ImageNet-1k embeddings); a bare
-    tensor is accepted too. Tensors are read with ``torch.load(weights_only=True)``; numpy
-    arrays by an unpickler that can build nothing but numeric numpy arrays.
+    tensor is accepted too, and any pickle protocol (torch.save's default 2, or 4). Read with
+    ``torch.load(weights_only=True)`` where torch accepts the file, else by an unpickler that
+    can build nothing but numeric arrays (:class:`_NumpyOnlyUnpickler`).
     """
     from beam_filter import fsio
 
@@ -144,6 +145,9 @@ def load_array_file(path: str, what: str) -> np.ndarray:
 
 
 def _load_pt(data: bytes):
+    """torch.load(weights_only=True) first; when it refuses (torch 2.x refuses a numpy array at any
+    pickle protocol, and anything saved with protocol >= 3, whose FRAME opcode its restricted
+    unpickler does not know), or torch is absent, the numeric-only unpickler below."""
     import io
     import zipfile
 
@@ -157,29 +161,97 @@ def _load_pt(data: bytes):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except ImportError:
         pass
-    except Exception:  # noqa: BLE001 - e.g. a numpy array pickled with protocol 4: read it below
+    except Exception:  # noqa: BLE001 - e.g. a numpy array pickled with protocol 2 or 4: read it below
         pass
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         names = [n for n in z.namelist() if n.endswith("/data.pkl")]
         if len(names) != 1:
             raise UserError("not a torch.save file (no data.pkl)")
-        return _NumpyOnlyUnpickler(io.BytesIO(z.read(names[0]))).load()
+        return _NumpyOnlyUnpickler(io.BytesIO(z.read(names[0])), z, names[0][: -len("data.pkl")]).load()
 
 
 _NUMPY_GLOBALS = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
                   ("numpy", "ndarray"), ("numpy", "dtype")}
+# torch.save's storage classes -> the little-endian numpy dtype of their bytes ("bf16": see _storage_array)
+_TORCH_STORAGES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": "bf16",
+                   "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
+                   "ByteStorage": "u1", "BoolStorage": "?"}
+
+
+def _latin1_bytes(text, encoding):
+    """``_codecs.encode`` as protocol-2 pickles of numpy arrays use it: the array's bytes written as a
+    latin-1 str (there is no bytes opcode before protocol 3). Only that conversion is done."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise UserError("refusing _codecs.encode other than str -> latin1 bytes")
+    return text.encode("latin1")
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    """``torch._utils._rebuild_tensor_v2`` without torch: the (size, stride) view of a storage as a
+    numpy copy, bounds-checked; floating tensors come out float32, as ``tensor.float()`` does."""
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise UserError("a tensor without its storage")
+    size, stride, offset = tuple(int(v) for v in size), tuple(int(v) for v in stride), int(offset)
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise UserError(f"a tensor of size {size} and stride {stride} at offset {offset}")
+    if 0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(storage):
+        raise UserError(f"a tensor of size {size} reaches past its storage of {len(storage)} elements")
+    arr = np.lib.stride_tricks.as_strided(storage[offset:] if len(storage) > offset else storage[:0],
+                                          shape=size, strides=[s * storage.itemsize for s in stride],
+                                          writeable=False).copy()
+    return arr.astype(np.float32) if arr.dtype.kind == "f" else arr
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Builds numeric numpy arrays and plain containers; any other class is refused."""
+    """Builds numeric numpy arrays, torch tensors (as numpy arrays) and plain containers, whatever the
+    pickle protocol (2 and 4 tested); any other class is refused, so no pickled code runs.
+
+    Allowed globals are data constructors only: numpy's array reconstruction, ``_codecs.encode``
+    restricted to str -> latin-1 bytes (protocol 2), ``torch._utils._rebuild_tensor_v2`` replaced by
+    :func:`_rebuild_tensor`, torch storage *names* (mapped to dtypes; the bytes are read from the
+    zip's ``data/<key>`` entry by :meth:`persistent_load`), and ``collections.OrderedDict``.
+    """
+
+    def __init__(self, file, archive=None, prefix: str = ""):
+        super().__init__(file)
+        self._archive, self._prefix = archive, prefix
 
     def find_class(self, module, name):
         if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in _TORCH_STORAGES:
+            return _StorageType(_TORCH_STORAGES[name])
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
         raise UserError(f"refusing to load {module}.{name} (only numpy arrays and tensors are read)")
 
     def persistent_load(self, pid):
-        raise UserError("tensor storages need torch (pip install torch)")
+        if (self._archive is None or not isinstance(pid, tuple) or len(pid) < 3 or pid[0] != "storage"
+                or not isinstance(pid[1], _StorageType)):
+            raise UserError(f"an unsupported persistent reference {str(pid)[:80]}")
+        try:
+            raw = self._archive.read(f"{self._prefix}data/{pid[2]}")
+        except KeyError:
+            raise UserError(f"tensor storage data/{pid[2]} missing from the file") from None
+        return pid[1].array(raw)
+
+
+class _StorageType:
+    """A torch storage class named in a pickle, known only by the dtype of its bytes."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def array(self, raw: bytes) -> np.ndarray:
+        if self.dtype == "bf16":         # bfloat16 is the top half of a float32
+            return (np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4")
+        return np.frombuffer(raw, self.dtype)
 
 
 def load_centroids_file(path: str) -> np.ndarray:

@@ -163,6 +163,7 @@ def render(data: ReportData, images: dict[str, str], thumbs: dict, version: str)
         '<main class="wrap">',
         _warnings(data),
         _funnel(data),
+        _sources(meta),
         _reasons(data),
         _overlap(data),
         _scores(data, images),
@@ -207,7 +208,8 @@ def _header(data: ReportData, recipe: dict, name: str) -> str:
 
 
 def _toc(data: ReportData) -> str:
-    links = [("funnel", "Funnel"), ("reasons", "Reasons")]
+    links = [("funnel", "Funnel")] + ([("sources", "Sources")] if _sources(data.meta) else []) + [
+        ("reasons", "Reasons")]
     if data.overlap is not None:
         links.append(("overlap", "Overlaps"))
     if data.histograms:
@@ -271,6 +273,38 @@ def _added_back(data: ReportData) -> str:
             "the recipe's <code>add_back</code> section kept again (reason <code>added_back:&lt;stage&gt;</code>)."
             '</p><table class="funnel"><thead><tr><th>Reason</th><th class="num">Rows</th>'
             '<th class="num">Share of kept</th></tr></thead><tbody>' + rows + "</tbody></table>")
+
+
+def _sources(meta: dict) -> str:
+    """Mixed inputs (sources.py): each named source's samples in, kept, kept with copies and share
+    of the written output, from report.json's ``sources`` (sources.source_summary)."""
+    src = meta.get("sources") if isinstance(meta.get("sources"), dict) else {}
+    src = {k: v for k, v in src.items() if isinstance(v, dict)}
+    if not src:
+        return ""
+    written = sum(int(v.get("kept_with_copies") or 0) for v in src.values())
+    rows = []
+    for name, v in src.items():
+        n_in, kept, out = (int(v.get(k) or 0) for k in ("samples", "kept", "kept_with_copies"))
+        flags = [f"fraction {v['fraction']:g}" if isinstance(v.get("fraction"), (int, float)) else "",
+                 f"×{v['copies']}" if isinstance(v.get("copies"), int) and v["copies"] > 1 else "",
+                 "external" if v.get("external") else "", "decontaminated" if v.get("decontaminated") else "",
+                 "not filtered" if v.get("filtered") is False else ""]
+        rows.append(
+            f'<tr class="source" data-source="{e(name)}" data-samples="{n_in}" data-kept="{kept}" '
+            f'data-kept-with-copies="{out}"><td><strong>{e(name)}</strong><br><code class="muted">'
+            f'{ec(v.get("input", ""))}</code></td><td class="muted">{e(", ".join(f for f in flags if f))}</td>'
+            f'<td class="num">{_n(n_in)}</td><td class="num">{_n(kept)} <span class="muted">'
+            f'({_pct(kept, n_in)})</span></td><td class="num">{_n(out)}</td>'
+            f'<td class="num share">{_pct(out, written)}</td>'
+            f'<td class="barcell"><div class="bar"><span class="keep" style="width:{_w(out, written)}"></span>'
+            "</div></td></tr>")
+    return ('<section id="sources"><h2>Sources</h2><p class="note">Named inputs (<code>--input NAME=GLOB</code>): '
+            "samples read from each source, kept, written with copies, and each source's share of the written "
+            "output.</p><table class=\"sources\"><thead><tr><th>Source</th><th>Settings</th>"
+            '<th class="num">Samples</th><th class="num">Kept</th><th class="num">Kept with copies</th>'
+            '<th class="num">Share of output</th><th></th></tr></thead><tbody>' + "".join(rows)
+            + "</tbody></table></section>")
 
 
 def _reasons(data: ReportData) -> str:
