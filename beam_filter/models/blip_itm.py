@@ -13,10 +13,10 @@ truncated at ``max_text_length`` = 35 tokens, BLIP's ITM setting).
 Images: the checkpoint's image processor settings (a squashed ``size`` x ``size`` bicubic
 resize, mean/std) run through the project's decoder and thread pool
 (``image_prep.CpuImagePrep`` with ``resize_mode="squash"``), so a bad image becomes an
-``error`` and the batch goes on. The JPEG decode is not shared with the ``clip`` stage:
-each RunInference gets the sample's bytes, and passing decoded pixels from one model to
-the next would put megabytes per sample on the score phase's channel (BLIP's 384-px
-squash and CLIP's 224-px crop share nothing after the decode).
+``error`` and the batch goes on. Next to ``clip`` (or other image model stages) the stage
+shares one decode per image with them (``models/shared_decode.py``: one model step, the
+decode at the largest size any member needs, each member cutting its own view from it
+through :meth:`BlipItmRunner.views` / :meth:`BlipItmRunner.infer_views`).
 
 ``model``: a hub id (with the cache warm), a local or gs:// directory. Precision ``auto``:
 fp16 on CUDA, fp32 on CPU. Loading is lazy (``load_model``), once per worker.
@@ -70,11 +70,22 @@ class BlipItmRunner:
         self._torch = torch
         self._lock = threading.Lock()
 
-    def infer(self, examples: Sequence[tuple[bytes, str]]) -> list[dict]:
+    # ---- one decode shared with the model stages next to it (models/shared_decode.py) ----
+    def decode_spec(self):
+        return self.prep.decode_spec()
+
+    def views(self, img):
+        return self.prep.views(img)
+
+    def infer_views(self, examples: Sequence[tuple[bytes, str]], views: Sequence, errors: Sequence) -> list[dict]:
+        """:meth:`infer` of images another caller decoded (``views``: :meth:`views` of each)."""
+        return self.infer(examples, self.prep.batch_from_views(views, errors))
+
+    def infer(self, examples: Sequence[tuple[bytes, str]], batch=None) -> list[dict]:
         torch = self._torch
-        images = [bytes(e[0]) if e[0] is not None else b"" for e in examples]
         texts = [e[1] if isinstance(e[1], str) else "" for e in examples]
-        batch = self.prep.prepare(images)
+        if batch is None:
+            batch = self.prep.prepare([bytes(e[0]) if e[0] is not None else b"" for e in examples])
         good = [i for i, err in enumerate(batch.errors) if err is None]
         out = [{"score": float("nan"), "error": err} for err in batch.errors]
         if not good:

@@ -57,7 +57,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_filter.errors import UserError
-from beam_filter.fsio import file_sha256, is_remote
+from beam_filter.fsio import is_remote
 from beam_filter.models.base import PRECISIONS, local_copy, resolve_device, resolve_precision, torch_dtype
 from beam_filter.models.clip_tokenizer import fast_tokenizer
 from beam_filter.models.image_prep import (CpuImagePrep, GpuJpegPrep, PrepConfig, PreparedBatch,
@@ -183,17 +183,9 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
     return net, cfg, tokenizer
 
 
-def clip_provenance(model: str, pretrained: str | None) -> dict:
-    """What the report says about a CLIP model: names, and sha256 of local files.
-
-    Remote (gs://) files are not downloaded for this; their path is the record.
-    """
-    out: dict[str, Any] = {"name": model, "pretrained": pretrained}
-    if model.endswith(".json") and not is_remote(model) and os.path.isfile(model):
-        out["config_sha256"] = file_sha256(model)
-    if pretrained and not is_remote(pretrained) and os.path.isfile(pretrained):
-        out["checkpoint_sha256"] = file_sha256(pretrained)
-    return out
+# clip_provenance lives in models/provenance.py (no torch/Beam import, so that finalize can
+# describe a stage cheaply); imported here for the handler below and for existing callers.
+from beam_filter.models.provenance import clip_provenance  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- running
@@ -249,20 +241,34 @@ class ClipRunner:
             stream = self._local.stream = self._torch.cuda.Stream(self.device)
         return stream
 
-    def infer(self, examples: Sequence[tuple[bytes, str]]) -> list[dict]:
+    # ---- one decode shared with the next model stages (models/shared_decode.py) ----
+    def decode_spec(self):
+        return self.cpu_prep.decode_spec()
+
+    def views(self, img):
+        return self.cpu_prep.views(img)
+
+    def infer_views(self, examples: Sequence[tuple[bytes, str]], views: Sequence, errors: Sequence) -> list[dict]:
+        """:meth:`infer` of images another caller decoded (``views``: :meth:`views` of each)."""
+        return self.infer(examples, self.cpu_prep.batch_from_views(views, errors))
+
+    def infer(self, examples: Sequence[tuple[bytes, str]], prepared: PreparedBatch | None = None) -> list[dict]:
         torch = self._torch
-        images = [bytes(e[0]) if e[0] is not None else b"" for e in examples]
         captions = [e[1] if isinstance(e[1], str) else ("" if e[1] is None else str(e[1]))
                     for e in examples]
         n = len(examples)
         stream = self._stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            if self.mask_fill is not None:
+            if prepared is not None:
+                batch = prepared
+            elif self.mask_fill is not None:
                 from beam_filter.rules.ocr import decode_boxes
 
+                images = [bytes(e[0]) if e[0] is not None else b"" for e in examples]
                 regions = [decode_boxes(e[2]) if len(e) > 2 else [] for e in examples]
                 batch = self.cpu_prep.prepare_masked(images, regions, self.mask_fill)
             else:
+                images = [bytes(e[0]) if e[0] is not None else b"" for e in examples]
                 batch = self.prep.prepare(images)       # no lock: the thread pool is shared
             masked_idx = sorted(batch.masked) if batch.masked else []
             with self._tok_lock:

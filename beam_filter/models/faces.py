@@ -188,11 +188,15 @@ def _only(options: dict, *names: str) -> dict:
 
 def image_rgb(data: bytes, max_side: int) -> np.ndarray:
     """Decode with image_prep's decoder, longer side shrunk to ``max_side``; uint8 HxWx3."""
-    from PIL import Image
-
     from beam_filter.models.image_prep import PrepConfig, decode
 
-    img = decode(data, PrepConfig(max_side, (0.0,) * 3, (1.0,) * 3), draft=True)
+    return shrink_rgb(decode(data, PrepConfig(max_side, (0.0,) * 3, (1.0,) * 3), draft=True), max_side)
+
+
+def shrink_rgb(img, max_side: int) -> np.ndarray:
+    """A decoded image, longer side shrunk to ``max_side`` (bilinear), as uint8 HxWx3."""
+    from PIL import Image
+
     if max(img.size) > max_side:
         s = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))),
@@ -206,6 +210,20 @@ class FaceRunner:
     def __init__(self, detector: str, max_side: int, options: dict):
         self.detector = load_detector(detector, **options)
         self.max_side = max_side
+
+    # ---- one decode shared with the model stages next to it (models/shared_decode.py) ----
+    def decode_spec(self):
+        from beam_filter.models.image_prep import DecodeSpec
+
+        return DecodeSpec(self.max_side)      # image_rgb's JPEG draft at max_side
+
+    def views(self, img) -> np.ndarray:
+        return shrink_rgb(img, self.max_side)
+
+    def infer_views(self, images: Sequence[bytes], views: Sequence, errors: Sequence) -> list[dict]:
+        """:meth:`infer` of images another caller decoded (``views``: :meth:`views` of each)."""
+        return [{"boxes": [], "error": err} if err is not None else {"boxes": self.detector.detect(rgb), "error": None}
+                for rgb, err in zip(views, errors)]
 
     def infer(self, images: Sequence[bytes]) -> list[dict]:
         from beam_filter.models.image_prep import decode_error

@@ -109,11 +109,12 @@ class HypeRunner(ClipRunner):
             raise UserError(f"HYPE reference {reference!r} has dimension {self.ref_img.shape[1]}, "
                             f"the model's embeddings {d}")
 
-    def infer(self, examples: Sequence[tuple[bytes, str]]) -> list[dict]:
+    def infer(self, examples: Sequence[tuple[bytes, str]], prepared=None) -> list[dict]:
         torch = self._torch
-        images = [bytes(e[0]) if e[0] is not None else b"" for e in examples]
         captions = [e[1] if isinstance(e[1], str) else ("" if e[1] is None else str(e[1])) for e in examples]
-        batch = self.prep.prepare(images)
+        # prepared: ClipRunner.infer_views' batch (one decode shared, models/shared_decode.py)
+        batch = prepared if prepared is not None else self.prep.prepare(
+            [bytes(e[0]) if e[0] is not None else b"" for e in examples])
         with self._tok_lock:
             tokens = self.tokenizer(captions)
         with self._model_lock, torch.inference_mode():

@@ -23,6 +23,10 @@ GPU worker that is the bottleneck (clip-retrieval reports ViT-B/32 throughput
   number of pixels (``round`` sends the extra column to one side), so for those
   images the mirrored crop is taken one column over, exactly as
   ``preprocess(ImageOps.mirror(img))`` would;
+* several models can share one decode (``models/shared_decode.py``): each says what it needs
+  (:class:`DecodeSpec`, :meth:`CpuImagePrep.decode_spec`), :func:`merge_specs` picks the one
+  decode that serves all, and each cuts its views from it (:meth:`CpuImagePrep.views`,
+  :meth:`CpuImagePrep.batch_from_views`); :data:`DECODES` counts decodes;
 * an image that fails to decode becomes a black placeholder and an error string, so
   one bad JPEG never fails a batch: ``image_too_large`` when it has more pixels than
   Pillow's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb; Pillow's
@@ -81,6 +85,55 @@ def decode_error(exc: BaseException) -> str:
     return CORRUPT_IMAGE
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class _Count:
+    """A thread-safe counter of calls (a real statistic, not a mock: tests and benchmarks read it)."""
+
+    def __init__(self):
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._n += n
+
+    @property
+    def value(self) -> int:
+        return self._n
+
+
+# Images opened by :func:`decode` in this process: what proves a shared decode decodes once
+# (models/shared_decode.py; tests/unit/test_shared_decode.py, benchmarks/bench_devil.py).
+DECODES = _Count()
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """The decode a model's image preparation needs from :func:`decode`.
+
+    ``draft_size``: JPEGs may be decoded at DCT scale down to this short side (the model's
+    ``draft=True``); None: at full resolution. Several models share one decode at the
+    largest need (:func:`merge_specs`), and each resizes/crops from it.
+    """
+
+    draft_size: int | None = None
+
+
+def merge_specs(specs) -> DecodeSpec:
+    """One decode that serves every spec: full size when any needs it, else the largest draft target
+    (libjpeg then keeps both sides >= that target, so every smaller target is served too)."""
+    specs = list(specs)
+    if not specs or any(s.draft_size is None for s in specs):
+        return DecodeSpec(None)
+    return DecodeSpec(max(s.draft_size for s in specs))
+
+
+def decode_for(data: bytes, spec: DecodeSpec):
+    """:func:`decode` as ``spec`` says (raises on undecodable bytes, like :func:`decode`)."""
+    if spec.draft_size is None:
+        return decode(data, None, draft=False)
+    return decode(data, PrepConfig(spec.draft_size, (0.0,) * 3, (1.0,) * 3), draft=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +225,7 @@ def decode(data: bytes, cfg: PrepConfig, draft: bool = True):
     """
     from PIL import Image
 
+    DECODES.add()
     if probe_image(data).error == TOO_LARGE:     # the header says so: do not even open it
         raise ImageTooLarge("header claims more than MAX_PIXELS pixels")
     img = Image.open(io.BytesIO(data))
@@ -316,6 +370,30 @@ class CpuImagePrep:
             return crop, mirror, None
         except Exception as e:  # untrusted bytes: any decoder failure is a reason, never a crash
             return None, None, decode_error(e)
+
+    # ---- one decode shared with other models (models/shared_decode.py) ----
+    def decode_spec(self) -> DecodeSpec:
+        """The decode :meth:`prepare` does: full size, or JPEG draft at this size."""
+        return DecodeSpec(self.cfg.size if self.draft else None)
+
+    def views(self, img):
+        """(crop, mirror or None) from an image another caller decoded: :meth:`prepare_one` after
+        its decode (so from a decode like :meth:`decode_spec`'s, the same pixels)."""
+        return _views(img, self.cfg)
+
+    def batch_from_views(self, views: Sequence, errors: Sequence) -> PreparedBatch:
+        """A :class:`PreparedBatch` of :meth:`views` results (None where ``errors`` has a reason:
+        black placeholder), as :meth:`prepare` would have assembled it."""
+        pixels, out = self._alloc(len(views))
+        mirrors = {}
+        for i, (v, err) in enumerate(zip(views, errors)):
+            if err is None:
+                out[i] = v[0]
+                if v[1] is not None:
+                    mirrors[i] = v[1]
+            else:
+                out[i] = 0
+        return PreparedBatch(pixels, mirrors, list(errors))
 
     def prepare_masked(self, images: Sequence[bytes], regions: Sequence, fill: str) -> PreparedBatch:
         """:meth:`prepare` plus, for each image whose ``regions`` entry is non-empty, its masked

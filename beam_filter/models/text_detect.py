@@ -301,8 +301,22 @@ class TextDetectRunner:
         except Exception as e:  # untrusted bytes: any decoder failure is a reason, never a crash
             return None, decode_error(e)
 
-    def infer(self, images: Sequence[bytes]) -> list[dict]:
-        decoded = [self._decode(b if b is not None else b"") for b in images]
+    # ---- one decode shared with the model stages next to it (models/shared_decode.py) ----
+    def decode_spec(self):
+        from beam_filter.models.image_prep import DecodeSpec
+
+        return DecodeSpec(None)               # full size, as _decode
+
+    def views(self, img) -> np.ndarray:
+        return np.asarray(img.convert("RGB"))
+
+    def infer_views(self, images: Sequence[bytes], views: Sequence, errors: Sequence) -> list[dict]:
+        """:meth:`infer` of images another caller decoded (``views``: :meth:`views` of each)."""
+        return self.infer(images, list(zip(views, errors)))
+
+    def infer(self, images: Sequence[bytes], decoded: Sequence | None = None) -> list[dict]:
+        if decoded is None:
+            decoded = [self._decode(b if b is not None else b"") for b in images]
         ok = [i for i, (rgb, err) in enumerate(decoded) if err is None]
         squares, frames = [], {}
         for i in ok:

@@ -75,6 +75,9 @@ class BlipItmStage(ScoredStage):
         return BlipItmModelHandler(p.model, device=p.device, precision=p.precision, batch_size=p.batch_size,
                                    max_text_length=p.max_text_length)
 
+    def shares_decode(self) -> bool:
+        return True     # (image, caption) from the sample alone: one decode with clip (models/shared_decode.py)
+
     def model_input(self, sample):
         return (sample.image, sample.caption)
 

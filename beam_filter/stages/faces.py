@@ -91,6 +91,9 @@ class FaceArea(ScoredStage):
                                 min_face=p.min_face, min_neighbors=p.min_neighbors,
                                 score_threshold=p.score_threshold, device=p.device)
 
+    def shares_decode(self) -> bool:
+        return True     # the sample's image alone: one decode with the model stages next to it
+
     def model_input(self, sample):
         return sample.image
 

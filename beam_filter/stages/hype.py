@@ -107,6 +107,9 @@ class HypeStage(ScoredStage):
                                 precision=p.precision, draft=p.draft, decode=p.decode,
                                 share_across_processes=p.share_across_processes)
 
+    def shares_decode(self) -> bool:
+        return self.p.decode == "cpu"     # one decode with the model stages next to it (not nvJPEG)
+
     def model_input(self, sample):
         return (sample.image, sample.caption)
 
@@ -154,7 +157,7 @@ class HypeStage(ScoredStage):
                 "reference": os.path.join(d, "reference.pt"), "device": "cpu", "precision": "fp32"}
 
     def provenance(self) -> dict:
-        from beam_filter.models.clip import clip_provenance
+        from beam_filter.models.provenance import clip_provenance   # no torch import
 
         p = self.p
         out = {"type": self.name, "params": self.config, "model": clip_provenance(p.model, p.checkpoint),

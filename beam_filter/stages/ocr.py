@@ -119,6 +119,9 @@ class TextDetectStage(ScoredStage):
                                  rec_batch_size=p.rec_batch_size, threads=p.threads,
                                  fast_checkpoint=p.fast_checkpoint)
 
+    def shares_decode(self) -> bool:
+        return True     # the sample's image alone: one decode with the model stages next to it
+
     def model_input(self, sample):
         return sample.image
 

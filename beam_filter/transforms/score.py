@@ -113,12 +113,28 @@ def _merge_inference(stage):
     return merge
 
 
+def _merge_group(group):
+    """``_merge_inference`` of each member of a shared-decode group, in order (DecodeGroup's rules)."""
+    def one(stage, sample, result):
+        return _merge_inference(stage)((sample, result))
+
+    def failed(stage, sample):
+        return _fail(sample, f"feature_error:{stage.id}")
+
+    def merge(keyed):
+        sample, result = keyed
+        return group.merge_group_output(sample, getattr(result, "inference", result), one, failed)
+    return merge
+
+
 class RunModelStages(beam.PTransform):
     """Samples -> Samples with every model stage's columns, one RunInference per model.
 
     Unusable samples (read errors) bypass the models and rejoin afterwards, so
     they still get their decision row. ``resource_hints`` (e.g. accelerator) are
-    put on the inference steps only, so Dataflow can right-fit CPU and GPU work.
+    put on the inference steps only, so Dataflow can right-fit CPU and GPU work. Consecutive
+    stages that share one image decode (``models/shared_decode.plan``) are one step
+    ``Infer[<id>+<id>]``: one RunInference whose handler holds all their models.
     """
 
     def __init__(self, stages, resource_hints: dict | None = None):
@@ -130,7 +146,9 @@ class RunModelStages(beam.PTransform):
         # Imported here: apache_beam.ml imports torch (3.5 s), which rule-only runs never need.
         from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-        for stage in self.stages:
+        from beam_filter.models.shared_decode import DecodeGroup, plan
+
+        for stage in plan(self.stages):
             usable, unusable = samples | f"Usable[{stage.id}]" >> beam.Partition(
                 lambda s, _: 0 if s.error is None else 1, 2)
             inference = RunInference(KeyedModelHandler(stage.model_handler()))
@@ -140,6 +158,7 @@ class RunModelStages(beam.PTransform):
                 "failed", main="ok")
             scored = (inputs.ok
                       | f"Infer[{stage.id}]" >> inference
-                      | f"Columns[{stage.id}]" >> beam.Map(_merge_inference(stage)))
+                      | f"Columns[{stage.id}]" >> beam.Map(_merge_group(stage) if isinstance(stage, DecodeGroup)
+                                                           else _merge_inference(stage)))
             samples = (scored, inputs.failed, unusable) | f"Rejoin[{stage.id}]" >> beam.Flatten()
         return samples
