@@ -4,6 +4,7 @@
 
     scores/<stem>.parquet      embeddings/<stem>.npz      decisions/<stem>.parquet
     file_errors/<stem>.json    thresholds/<stage id>.json
+    verdicts/<stage id>@<stem>.parquet   (a group stage's verdicts, by part; removed when the job ends)
     uids.npy   report.json   report.html   report_<plot>.png
     shards/{:08d}.tar   shards/{:08d}_stats.json   shards/meta.json
     .beam_filter_output (marker)   .beam_filter.lock
@@ -23,6 +24,7 @@ from beam_filter import fsio
 
 SCORES, EMBEDDINGS, DECISIONS = "scores", "embeddings", "decisions"
 THRESHOLDS, FILE_ERRORS, SHARDS = "thresholds", "file_errors", "shards"
+VERDICTS = "verdicts"                     # work area of the by-part select (verdict_files.py)
 UIDS = "uids.npy"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 REPORT_PNGS = "report_*.png"
@@ -37,7 +39,7 @@ SHARD_TARS, SHARD_STATS = "*.tar", "*_stats.json"
 OUTPUT_FILES: dict[str, tuple[str, ...]] = {
     "": (UIDS, REPORT_JSON, REPORT_HTML, REPORT_PNGS),
     SCORES: (PARQUET,), EMBEDDINGS: (NPZ,), DECISIONS: (PARQUET,),
-    THRESHOLDS: (JSON,), FILE_ERRORS: (JSON,),
+    THRESHOLDS: (JSON,), FILE_ERRORS: (JSON,), VERDICTS: (PARQUET,),
     SHARDS: (SHARD_TARS, SHARD_STATS, SHARDS_META),
 }
 # What --resume keeps (the expensive part); everything derived from scores is recomputed.
@@ -85,6 +87,19 @@ def threshold_name(stage_id: str) -> str:
     return f"{stage_id}.json"
 
 
+def verdicts_name(stage_id: str, shard: str) -> str:
+    """``<stage id>@<stem>.parquet``: one group stage's verdicts for the rows of one part (flat, so
+    output_dir's ownership check knows every file; the id is %-quoted, so the name splits at '@')."""
+    from urllib.parse import quote
+
+    return f"{quote(stage_id, safe='')}@{shard_stem(shard)}.parquet"
+
+
+def verdicts_path(directory: str, stage_id: str, shard: str) -> str:
+    """The verdicts file of ``stage_id`` for ``shard``'s rows in ``directory`` (``verdicts_dir``)."""
+    return fsio.join(directory, verdicts_name(stage_id, shard))
+
+
 def report_png_name(plot: str) -> str:
     """``plot`` must already be safe for a file name (report.data.safe_name)."""
     return f"report_{plot}.png"
@@ -126,6 +141,10 @@ class OutputLayout:
     @property
     def shards_dir(self) -> str:
         return self._path(SHARDS)
+
+    @property
+    def verdicts_dir(self) -> str:
+        return self._path(VERDICTS)
 
     # ---- per source shard
     def scores(self, shard: str) -> str:
@@ -191,6 +210,9 @@ class OutputLayout:
 
     def file_error_files(self) -> list[str]:
         return fsio.list_files(self.file_errors_dir, JSON)
+
+    def verdict_files(self) -> list[str]:
+        return fsio.list_files(self.verdicts_dir, PARQUET)
 
     def shard_stats_files(self) -> list[str]:
         return fsio.list_files(self.shards_dir, SHARD_STATS)

@@ -222,6 +222,21 @@ def _delete(output: str, entries: list[str]) -> None:
             pass            # not empty (--resume keeps some) or already gone
 
 
+def remove_work_files(output: str) -> None:
+    """Delete the job's work files once it is over: the by-part select's verdict files
+    (``layout.VERDICTS``, transforms/group_parts.py), which only its own later passes read.
+    Ours by name; a killed run's leftovers are removed the same way by --overwrite/--resume."""
+    found = layout.OutputLayout(output).verdict_files
+    paths = remote_call(found, output, "cannot list the work files")
+    if paths:
+        remote_call(lambda: fsio.delete(*paths), output, "cannot delete the work files")
+    if not is_remote(output):
+        try:
+            os.rmdir(layout.OutputLayout(output).verdicts_dir)
+        except OSError:
+            pass            # never made, or not empty (a file we did not write: left alone)
+
+
 def write_marker(output: str, kind: str, command: str) -> None:
     """Claim ``output`` for beam-filter (see the module docstring)."""
     from beam_filter import __version__

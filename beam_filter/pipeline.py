@@ -121,15 +121,24 @@ def _score(p, job: Job, layout: OutputLayout):
     # Fused per shard, no shuffle: `score` of any recipe without a model (features only), and
     # `run` of a recipe made only of per-row rules (score and decide where the bytes are).
     scoring_only = job.command == "score"
-    if job.fuse and not recipe.model_stages() and (scoring_only or all(is_local(s) for s in recipe.stages)):
+    decide_here = scoring_only or all(is_local(s) for s in recipe.stages)
+    # `run` of a recipe without a model whose select runs by parts (group stages such as
+    # caption_frequency or exact_dedup): score by shard, then select by part over the scores files.
+    then_by_parts = (not decide_here and can_select_by_parts(recipe.stages)
+                     and all(_run_by_parts_fits(s) for s in recipe.stages))
+    if job.fuse and not recipe.model_stages() and (decide_here or then_by_parts):
         job.execution = "by_shard"
         out = (p | "ListShards" >> beam.Create(job.shards)
                | "SpreadShards" >> beam.Reshuffle()
                | "ScoreAndDecide" >> beam.ParDo(FusedShardFn(
-                   feature_stages, None if scoring_only else recipe.stages, layout, meta, resumed,
-                   processes=local_processes(p.options) if len(job.shards) > 1 else 0)).with_outputs(
+                   feature_stages, None if scoring_only or then_by_parts else recipe.stages, layout, meta,
+                   resumed, processes=local_processes(p.options) if len(job.shards) > 1 else 0)).with_outputs(
                        FILE_ERRORS, main="kept"))
         out[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
+        if then_by_parts:
+            job.execution = "by_shard, then by_part"
+            return _select_by_parts(p, job, layout, [layout.scores(s) for s in job.shards], [],
+                                    after=out["kept"], emit_kept=True)
         return None if scoring_only else out["kept"]
     if job.fuse and recipe.model_stages() and local_processes(p.options) > 0:
         kept = _score_models_by_shard(p, job, layout, feature_stages, meta, resumed)
@@ -159,8 +168,8 @@ def _score_models_by_shard(p, job: Job, layout: OutputLayout, feature_stages, me
     batch of image bytes plus one shard's rows instead of the whole pool (RunInference on the
     in-memory runner materialises every sample with its bytes). `run` then decides in the
     same worker when the recipe is all per-row rules, or by parts over the scores files just
-    written when it is rank-staged (selection.can_select_by_parts) without a group stage (those
-    read embeddings, which scores files keep as fp16). Otherwise returns with
+    written when it is rank-staged or has group stages (selection.can_select_by_parts) that
+    fit (:func:`_run_by_parts_fits`). Otherwise returns with
     ``job.execution`` unset and the general graph runs. Dataflow keeps RunInference."""
     from beam_filter.transforms.fused import FusedModelShardFn
 
@@ -168,7 +177,7 @@ def _score_models_by_shard(p, job: Job, layout: OutputLayout, feature_stages, me
     scoring_only = job.command == "score"
     decide_here = not scoring_only and all(is_local(s) for s in recipe.stages)
     by_parts = (not scoring_only and not decide_here and can_select_by_parts(recipe.stages)
-                and not any(isinstance(s, GroupStage) for s in recipe.stages))
+                and all(_run_by_parts_fits(s) for s in recipe.stages))
     if not (scoring_only or decide_here or by_parts):
         return None
     out = (p | "ListShards" >> beam.Create(job.shards)
@@ -185,6 +194,26 @@ def _score_models_by_shard(p, job: Job, layout: OutputLayout, feature_stages, me
                             after=out["kept"], emit_kept=True)
 
 
+def _run_by_parts_fits(stage) -> bool:
+    """Whether `run` may select ``stage`` by parts over the scores files it just wrote and still write
+    the general graph's bytes: not for a group stage that reads an embedding (:func:`_reads_embedding`)
+    nor for one that adds verdict columns (the general graph writes the scores after the select, so
+    its scores files carry them, e.g. ``caption_frequency_count``)."""
+    if not isinstance(stage, GroupStage):
+        return True
+    return not stage.verdict_columns() and not _reads_embedding(stage)
+
+
+def _reads_embedding(stage) -> bool:
+    """Whether a group stage reads its ``embedding`` column (clustering stages; near_dedup with
+    min_similarity): its rows must then carry the model's float32 embeddings, not the fp16
+    copies a scores file stores, for `run` to decide what the general graph decides."""
+    if not isinstance(stage, GroupStage):
+        return False
+    column = getattr(stage.p, "embedding", None)
+    return column is not None and any(column in n.columns for n in stage.needs())
+
+
 def _select_fused(p, job: Job, layout: OutputLayout) -> None:
     """select by input part (selection.can_select_by_parts): each part is read, decided and
     written by one worker (a local process pool on the local runner); rows never cross a
@@ -194,7 +223,10 @@ def _select_fused(p, job: Job, layout: OutputLayout) -> None:
     each part sends the 8-byte rank keys of its rows alive at that stage, the exact
     rank-n search (``RankOfKeyBatches``) turns them into the threshold, and the threshold
     reaches the later reads as a side input. Stages are applied in recipe order, so a
-    rank stage after another sees that one's threshold."""
+    rank stage after another sees that one's threshold. A group stage (dedup, clustering)
+    costs one more read too: its slim rows (identity + the columns it needs) go to its own
+    transform, and its verdicts come back to the later reads as one file per part
+    (transforms/group_parts.py); the side input is only their directory."""
     if job.metadata_dir:
         from beam_filter.datacomp_metadata import embedding_keys_for, list_metadata_files
 
@@ -212,8 +244,9 @@ def _select_by_parts(p, job: Job, layout: OutputLayout, parts: list, wanted: lis
     with no sample has no scores file) are skipped. ``emit_kept``: return the ShardKept lists."""
     from apache_beam.pvalue import AsList, AsSingleton
 
-    from beam_filter.selection import is_rank_staged
+    from beam_filter.selection import is_part_grouped, is_rank_staged
     from beam_filter.transforms.fused import FusedSelectFn, PartRankKeysFn
+    from beam_filter.transforms.group_parts import GroupAtParts
     from beam_filter.transforms.select import save_info
     from beam_filter.transforms.thresholds import RankOfKeyBatches
 
@@ -227,6 +260,11 @@ def _select_by_parts(p, job: Job, layout: OutputLayout, parts: list, wanted: lis
     spread = listed | "SpreadParts" >> beam.Reshuffle()
     infos = {}
     for i, stage in enumerate(stages):
+        if is_part_grouped(stage):
+            # dedup / clustering on slim rows; the verdicts go back to the parts as files
+            infos[stage.id] = spread | f"Group[{stage.id}]" >> GroupAtParts(
+                stages, i, layout, wanted, infos, processes=processes)
+            continue
         if not is_rank_staged(stage):
             continue
         spec = stage.rank_spec()
@@ -338,6 +376,10 @@ def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     finally:
         if monitor is not None:
             monitor.__exit__(None, None, None)
+    if job.execution and "by_part" in job.execution:
+        from beam_filter.output_dir import remove_work_files
+
+        remove_work_files(job.output)       # group stages' verdict files (transforms/group_parts.py)
     elapsed = time.time() - t0
     return finalize(job, result, elapsed, options)
 

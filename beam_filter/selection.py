@@ -45,10 +45,19 @@ def is_rank_staged(stage: Stage) -> bool:
     return isinstance(stage, ScoredStage) and stage.needs_global_info() and stage.rank_spec() is not None
 
 
+def is_part_grouped(stage: Stage) -> bool:
+    """A group stage whose verdicts need many rows (dedup, clustering): the by-part select runs it
+    on slim rows of every part and routes its verdicts back to the parts through files
+    (verdict_files.py, transforms/group_parts.py)."""
+    return isinstance(stage, GroupStage) and not stage.row_wise
+
+
 def can_select_by_parts(stages: list[Stage]) -> bool:
     """Whether the fused select (per input part, rows never shuffled) can run this recipe:
-    every top-level stage is partwise or rank-staged (a combinator only of partwise stages)."""
-    return all(is_partwise(s) or is_rank_staged(s) for s in stages)
+    every top-level stage is partwise, rank-staged or a group stage (a combinator only of
+    partwise stages). A scored stage with another global value (fused_rank's min/max ranges)
+    keeps the general graph."""
+    return all(is_partwise(s) or is_rank_staged(s) or is_part_grouped(s) for s in stages)
 
 
 def decide_rows(rows: list[dict], stages: list[Stage], infos: dict | None = None) -> list[dict]:
@@ -57,7 +66,9 @@ def decide_rows(rows: list[dict], stages: list[Stage], infos: dict | None = None
     The same bookkeeping as the general graph (transforms/select.py): per-row stages
     through :func:`apply_stage` (a rank-staged one with its threshold from ``infos``,
     keyed by stage id), row-wise group stages' verdicts for the rows alive when they
-    are reached through :func:`apply_verdict`, so the bytes written match.
+    are reached through :func:`apply_verdict`, so the bytes written match. Another group
+    stage's verdicts were computed over every part beforehand and written as files:
+    ``infos[stage id]`` is their directory (verdict_files.verdicts_for).
     """
     return finish_rows(advance_rows(rows, stages, infos))
 
@@ -71,7 +82,16 @@ def advance_rows(rows: list[dict], stages: list[Stage], infos: dict | None = Non
     for row in rows:
         start_decision(row)
     for stage in stages:
-        if isinstance(stage, GroupStage):
+        if is_part_grouped(stage):
+            from beam_filter.verdict_files import verdicts_for
+
+            directory = infos.get(stage.id)
+            if directory is None:
+                raise ValueError(f"stage {stage.id!r}: its verdict files were not computed before this pass")
+            verdicts = verdicts_for(directory, stage.id, rows)
+            for row in rows:
+                apply_verdict(stage.id, row, verdicts.get(row_token(row)))
+        elif isinstance(stage, GroupStage):
             alive = [r for r in rows if r[R.REASON] is None]
             size = max(1, int(getattr(stage.p, "batch_size", 1024) or 1024))
             verdicts = {}

@@ -12,6 +12,12 @@ sizes it, so SemDeDup's per-cluster quadratic work stays bounded per row.
 
     python benchmarks/bench_cluster.py                 # 10k and 100k, pure + Beam at 10k
     python benchmarks/bench_cluster.py --sizes 10000 100000 1000000 --beam 100000
+    python benchmarks/bench_cluster.py --sizes --beam --select 10000 100000   # `select --scores` only
+
+``--select``: the whole command, ``beam-filter select --scores`` with near_dedup and with semdedup
+on a generated scores directory (parts of 10,000 rows: pHash, a quality score, 512-d fp16
+embeddings), by part (group stages on slim rows, verdicts back through files) and, with
+``--graph``, also on the general graph; peak RSS of the process tree (bench_select.measure).
 """
 
 from __future__ import annotations
@@ -58,6 +64,68 @@ def _phashes(n, seed=0):
     return h
 
 
+PART_ROWS = 10_000
+
+
+def _scores_dir(n: int) -> str:
+    """A scores directory of ``n`` generated rows (made once per size, like bench_select's metadata)."""
+    import os
+    import shutil
+    import tempfile
+
+    from beam_filter import tables
+    from beam_filter.layout import OutputLayout
+
+    root = os.path.join(tempfile.gettempdir(), "bench_cluster_select", f"scores_{n}")
+    if os.path.isdir(root):
+        return root
+    tmp = root + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    layout = OutputLayout(tmp)
+    for i, s in enumerate(range(0, n, PART_ROWS)):
+        m = min(PART_ROWS, n - s)
+        x = _embeddings(m, seed=i)
+        h = _phashes(m, seed=i)
+        q = np.random.default_rng(i).random(m)
+        shard = f"/synthetic/{i:08d}.tar"
+        rows = [{"uid": f"{s + j:032x}", "shard": shard, "key": f"{j:08d}", "read_error": None, "warning": None,
+                 "caption": f"caption {j % 997}", "phash": int(h[j]), "clip_score": float(q[j]),
+                 "clip_image_embedding": x[j]} for j in range(m)]
+        tables.write_shard_tables(layout, shard, rows, write_scores=True, write_decisions=False, metadata={})
+    os.replace(tmp, root)
+    return root
+
+
+def run_select(kind: str, n: int) -> dict:
+    """``select --scores`` of ``n`` rows with one group stage; ``kind``: select_<stage>[_graph]."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from _bench_common import measure_cpu
+
+    stage = kind[len("select_"):].removesuffix("_graph")
+    scores = _scores_dir(n)
+    recipe = os.path.join(tempfile.gettempdir(), "bench_cluster_select", f"{stage}_{n}.yaml")
+    body = ("near_dedup: {tolerance: 4, bands: 4, quality: clip_score}" if stage == "near_dedup" else
+            f"semdedup: {{embedding: clip_image_embedding, n_clusters: {max(10, n // 1000)}, eps: {EPS}, "
+            f"sample_size: {SAMPLE}, niter: {NITER}}}")
+    with open(recipe, "w") as f:
+        f.write(f"name: {stage}\nstages:\n  - {body}\n")
+    out = os.path.join(tempfile.gettempdir(), "bench_cluster_select", f"out_{kind}_{n}")
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "beam_filter.cli", "select", "--recipe", recipe, "--scores", scores,
+           "--output", out, "--no-progress"] + (["--no-fusion"] if kind.endswith("_graph") else [])
+    r = measure_cpu(cmd)
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    kept = report.get("kept", report.get("counts", {}).get("kept"))
+    shutil.rmtree(out, ignore_errors=True)
+    return {"kind": kind, "n": n, "execution": report["timings"]["execution"], "kept": kept,
+            "rows_per_s": round(n / r["seconds"]), **r}
+
+
 def _peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -65,6 +133,8 @@ def _peak_mb():
 def run_one(kind: str, n: int) -> dict:
     from beam_filter.cluster import kmeans, near_dup, semdedup
 
+    if kind.startswith("select_"):
+        return run_select(kind, n)
     uids = _uids(n)
     out = {"kind": kind, "n": n}
     if kind == "kmeans_semdedup":
@@ -130,6 +200,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--beam", type=int, nargs="*", default=[10_000], help="sizes for the Beam runs")
+    ap.add_argument("--select", type=int, nargs="*", default=[], help="sizes for `select --scores` runs")
+    ap.add_argument("--graph", action="store_true", help="--select also on the general graph (--no-fusion)")
     ap.add_argument("--one", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args(argv)
@@ -138,6 +210,8 @@ def main(argv=None):
         return
     jobs = [(k, n) for n in args.sizes for k in ("kmeans_semdedup", "near_dup")]
     jobs += [(k, n) for n in args.beam for k in ("beam_semdedup", "beam_near_dup")]
+    kinds = ("select_near_dedup", "select_semdedup")
+    jobs += [(k + g, n) for n in args.select for k in kinds for g in ("", "_graph")[:1 + args.graph]]
     from _bench_common import run_jobs_isolated
 
     run_jobs_isolated(__file__, jobs, args.json)

@@ -99,12 +99,25 @@ def assign(emb, centroids, *, batch_size: int | None = None, normalized: bool = 
         batch_size = max(1, min(65536, (16 << 20) // max(1, c.shape[0])))
     labels = np.empty(n, dtype=np.int64)
     sims = np.empty(n, dtype=np.float32)
+    c64 = c.astype(np.float64)
     for s in range(0, n, batch_size):
-        block = x[s:s + batch_size] @ c.T
+        rows = x[s:s + batch_size]
+        block = rows @ c.T
         lab = np.argmax(block, axis=1)
+        # A float32 matrix product's last bits depend on how many rows it holds (BLAS blocking),
+        # and Beam batches rows differently from run to run (or by part vs the general graph):
+        # near-ties are decided again row by row, and the cosine with the chosen centroid is
+        # recomputed per row in float64, so both depend on the row alone.
+        if c.shape[0] > 1:
+            top2 = np.partition(block, -2, axis=1)[:, -2:]
+            for i in np.flatnonzero(top2[:, 1] - top2[:, 0] < _TIE_GAP):
+                lab[i] = int(np.argmax(c64 @ rows[i].astype(np.float64)))
         labels[s:s + batch_size] = lab
-        sims[s:s + batch_size] = block[np.arange(len(lab)), lab]
+        sims[s:s + batch_size] = np.einsum("ij,ij->i", rows.astype(np.float64), c64[lab]).astype(np.float32)
     return labels, sims
+
+
+_TIE_GAP = 1e-4     # far above float32 rounding of a 768-d unit inner product (~1e-6)
 
 
 def save_centroids(path: str, centroids) -> None:

@@ -16,7 +16,9 @@ from beam_filter.registry import GroupStage, Param, register
 
 @register
 class CaptionFrequency(GroupStage):
-    """Pool-frequency caption filter ("The Devil is in the Details")."""
+    """Pool-frequency caption filter ("The Devil is in the Details").
+
+    Selected by part, its transform sees slim rows: uid, shard, key and the caption (docs/memory.md)."""
 
     name = "caption_frequency"
     description = "count normalised captions over the pool; drop those seen more than max_count times"

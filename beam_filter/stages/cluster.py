@@ -70,7 +70,10 @@ class _PhashFeature:
 
 @register
 class SemDeDupStage(GroupStage):
-    """SemDeDup: in each k-means cluster, drop items too similar to an earlier one (cluster/semdedup.py)."""
+    """SemDeDup: in each k-means cluster, drop items too similar to an earlier one (cluster/semdedup.py).
+
+    Selected by part, its transform sees slim rows: uid, shard, key and the embedding (4 B x dim
+    as float32), ~3.3 KB per alive row at 768-d (docs/memory.md)."""
 
     name = "semdedup"
     description = "semantic dedup of embeddings within k-means clusters (Abbas et al. 2023)"
@@ -104,7 +107,10 @@ class SemDeDupStage(GroupStage):
 
 @register
 class NearDedupStage(_PhashFeature, GroupStage):
-    """Near-duplicate images by pHash + LSH banding; one survivor per group (cluster/near_dup.py)."""
+    """Near-duplicate images by pHash + LSH banding; one survivor per group (cluster/near_dup.py).
+
+    Selected by part, its transform sees slim rows: uid, shard, key, the pHash, the quality score
+    if set (and the embedding only with min_similarity), ~0.5 KB per alive row (docs/memory.md)."""
 
     name = "near_dedup"
     description = "near-duplicate image removal by perceptual hash (keeps the best of each group)"
@@ -178,7 +184,9 @@ class DecontaminateStage(_PhashFeature, RuleStage):
 
 @register
 class ClusterImportanceStage(GroupStage):
-    """Resample clusters by how much of a target embedding set they hold (cluster/alignment.py)."""
+    """Resample clusters by how much of a target embedding set they hold (cluster/alignment.py).
+
+    Selected by part, its transform sees slim rows: uid, shard, key and the embedding (docs/memory.md)."""
 
     name = "cluster_importance"
     description = "cluster-importance resampling towards a target embedding set (Devil in the Details)"
@@ -212,7 +220,10 @@ class ClusterImportanceStage(GroupStage):
 
 @register
 class ClusterBalanceStage(GroupStage):
-    """Keep at most ``cap`` rows per cluster: the best by a score, else a uid-hash choice."""
+    """Keep at most ``cap`` rows per cluster: the best by a score, else a uid-hash choice.
+
+    Selected by part, its transform sees slim rows: uid, shard, key, the embedding and the score if
+    set (docs/memory.md)."""
 
     name = "cluster_balance"
     description = "cluster-balanced sampling: cap the rows kept per k-means cluster"
@@ -252,7 +263,10 @@ def _copies_ok(v) -> bool:
 
 @register
 class QualityDuplicationStage(GroupStage):
-    """Extra copies for rows ranked high by a score within their cluster (upsampling)."""
+    """Extra copies for rows ranked high by a score within their cluster (upsampling).
+
+    Selected by part, its transform sees slim rows: uid, shard, key, the score and (per_cluster)
+    the embedding (docs/memory.md)."""
 
     name = "quality_duplication"
     description = "quality-based duplication: top-ranked rows of each cluster are written several times"

@@ -20,7 +20,9 @@ from beam_filter.stages.cluster import _cent_args, _cluster_params
 
 @register
 class DensityPruningStage(GroupStage):
-    """Keep more samples from complex concept clusters (Abbas et al., ICLR 2024)."""
+    """Keep more samples from complex concept clusters (Abbas et al., ICLR 2024).
+
+    Selected by part, its transform sees slim rows: uid, shard, key and the embedding (docs/memory.md)."""
 
     name = "dbp"
     description = "density-based pruning: per-cluster budgets from cluster complexity, hardest samples kept"

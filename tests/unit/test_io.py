@@ -203,4 +203,5 @@ def test_output_layout_names_every_output():
     assert shard_stem("gs://b/md/0001.parquet") == "0001"
     # output_dir deletes (on --overwrite) exactly what the layout names
     assert output_dir.KINDS[output_dir.OUTPUT] == OUTPUT_FILES
-    assert set(output_dir.RESUME_CLEARS) == {"decisions", "shards", "thresholds", "file_errors"}
+    assert set(output_dir.RESUME_CLEARS) == {"decisions", "shards", "thresholds", "file_errors", "verdicts"}
+    assert lay.verdicts_dir == "gs://b/out/verdicts"      # group stages' verdicts by part (work files)
