@@ -109,6 +109,24 @@ class Combinator(Stage):
             return "none_of:" + "|".join(reasons)
         return next((r for r in reasons if r is not None), None)
 
+    def reason_array(self, part, alive, info: Any = None):
+        """Vectorised ``combine`` (columnar.py): the children's reason arrays combined row by row,
+        each child with its own info, as ``selection.stage_reason`` does; None when a child has no hook."""
+        import numpy as np
+
+        infos = info or {}
+        arrays = []
+        for child in self.children:
+            reasons = child.reason_array(part, alive, infos.get(child.id))
+            if reasons is None:
+                return None
+            arrays.append(reasons)
+        out = np.full(len(alive), None, dtype=object)
+        idx = np.flatnonzero(alive)
+        combined = [self.combine([a[i] for a in arrays]) for i in idx]
+        out[idx] = np.array(combined + [None], dtype=object)[:-1]   # strings as elements, not sequences
+        return out
+
 
 @register
 class AnyOf(Combinator):

@@ -211,6 +211,15 @@ class Stage:
         histogram (a top fraction's threshold comes from thresholds/ instead); None: none."""
         return None
 
+    # ---- columnar select (columnar.py) ---------------------------------------
+    def reason_array(self, part, alive, info: Any = None):
+        """Optional vectorised ``reason``: an object ndarray (one ``str | None`` per row of ``part``,
+        a ``columnar.PartColumns``: one select part as Arrow columns, never rows) giving exactly
+        what ``reason(row, info)`` gives; rows outside the bool mask ``alive`` are ignored (a hint to
+        skip work). None: no hook here (the default, or a column it cannot read as arrays), and
+        select builds rows instead. Lets select decide a 50k-row part without 50k dicts."""
+        return None
+
 
 class RuleStage(Stage):
     """A per-row rule: optional ``features(sample)`` from the bytes, then ``reason(row)``.
@@ -226,6 +235,11 @@ class RuleStage(Stage):
     def copies(self, row: dict) -> int | None:
         """Optional: how many times a row this rule keeps is written (a uid listed k times in a
         DataComp subset, a source's copy count); None = no opinion. Multiplies the row's count."""
+        return None
+
+    def copies_array(self, part, rows):
+        """Vectorised ``copies`` for the row indices ``rows`` of ``part`` (columnar.py): an int
+        ndarray, 1 where ``copies`` has no opinion; None: every row has none (the default)."""
         return None
 
 
@@ -267,6 +281,13 @@ class ScoredStage(Stage):
 
     def model_columns(self, inference) -> dict:
         raise NotImplementedError(f"{type(self).__name__}.model_columns")
+
+    def shares_decode(self) -> bool:
+        """True when this stage's model may share one image decode with the model stages next to
+        it (``models/shared_decode.py``): its model decodes ``sample.image`` and its ``model_input``
+        is built from the sample alone (no column of an earlier model stage); the loaded model provides
+        ``decode_spec``/``views``/``infer_views``. Two or more such stages in a row run as one step."""
+        return False
 
     def needs_global_info(self) -> bool:
         """Whether ``global_info`` computes something for these parameters (a top fraction does,
@@ -312,6 +333,13 @@ class GroupStage(Stage):
     def batch_verdicts(self, rows: list[dict]) -> list:
         """(row token, Verdict) pairs for a batch of alive rows (``row_wise`` stages only)."""
         raise NotImplementedError(f"{type(self).__name__}.batch_verdicts")
+
+    def verdict_reasons_array(self, part, alive):
+        """Vectorised ``batch_verdicts`` of a row-wise stage for the rows where the bool mask
+        ``alive`` holds (columnar.py): an object ndarray of drop reasons (None: no verdict or a
+        keep), the same as the verdicts would give. None: no hook (the default; a stage whose
+        verdicts carry columns or copies keeps it so), and select builds rows instead."""
+        return None
 
 
 def register(cls: type[Stage]) -> type[Stage]:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
+from beam_filter import columnar
 from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
@@ -100,8 +101,12 @@ class LoadedModel(NamedTuple):
 
 
 def load_models(model_stages) -> list[LoadedModel]:
+    """The stages' models, loaded; consecutive stages sharing one image decode become one
+    ``models/shared_decode.DecodeGroup`` entry, as ``transforms/score.RunModelStages`` runs them."""
+    from beam_filter.models.shared_decode import plan
+
     out = []
-    for stage in model_stages:
+    for stage in plan(model_stages):
         handler = stage.model_handler()
         out.append(LoadedModel(stage, handler, handler.load_model()))
     return out
@@ -111,7 +116,11 @@ def apply_models(samples: list[R.Sample], models: list[LoadedModel], clock: Stag
     """Run each model stage over ``samples`` in its handler's batch size, as RunModelStages does
     through RunInference: the same inputs, the same columns, the same reasons
     (``feature_error:<stage>`` when its input cannot be built, ``model_error:<stage>`` when its
-    output cannot be read), samples already unusable skip the models."""
+    output cannot be read), samples already unusable skip the models. A ``DecodeGroup`` entry
+    (``load_models``) runs its members on one decode per image and merges their outputs in order."""
+    group = None
+    if models:
+        from beam_filter.models.shared_decode import DecodeGroup as group
     for m in models:
         stage = m.stage
         ready, inputs = [], []
@@ -132,7 +141,17 @@ def apply_models(samples: list[R.Sample], models: list[LoadedModel], clock: Stag
             if clock is not None:
                 clock.add(stage.id, time.perf_counter() - t0, len(results))
             for sample, result in zip(ready[i:i + size], results):
-                merge_model_output(stage, sample, result)
+                if group is not None and isinstance(stage, group):
+                    stage.merge_group_output(sample, getattr(result, "inference", result),
+                                             merge_model_output, _input_failed)
+                else:
+                    merge_model_output(stage, sample, result)
+
+
+def _input_failed(stage, sample: R.Sample) -> R.Sample:
+    """A shared-decode group member whose input could not be built (logged where it was built)."""
+    sample.error = f"{FEATURE_ERROR}:{stage.id}"
+    return sample
 
 
 def merge_model_output(stage, sample: R.Sample, result) -> R.Sample:
@@ -236,6 +255,9 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
     by the pool. The general graph (transforms/select.py) writes the same bytes (a test
     checks it).
     """
+    fast = columnar.select_part_columnar(part, select_stages, layout, metadata, embeddings, infos)
+    if fast is not None:
+        return fast
     batches: list = []
     rows = decide_rows(read_part_rows(part, embeddings, batches), select_stages, infos)
     kept = None
@@ -261,6 +283,9 @@ def part_rank_keys(part, select_stages, rank_index: int, embeddings: tuple = (),
     """
     from beam_filter.rules.exact_rank import as_number, key_batch
 
+    fast = columnar.rank_keys_columnar(part, select_stages, rank_index, embeddings, infos)
+    if fast is not None:
+        return fast
     stage = select_stages[rank_index]
     spec = stage.rank_spec()
     columns = spec.columns or ((spec.value,) if isinstance(spec.value, str) else ())

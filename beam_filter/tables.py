@@ -106,17 +106,21 @@ def rows_to_table(rows: list[dict], drop: Iterable[str] = (), arrow_columns: dic
         if name in arrow_columns:
             columns[name] = arrow_columns[name]
             continue
-        values = list(map(operator.methodcaller("get", name), rows))
-        if any(issubclass(t, np.generic) for t in set(map(type, values))):     # C-speed type scan
-            values = [_plain(v) for v in values]
-        if name in _STRING_COLUMNS:
-            columns[name] = pa.array(values, type=pa.string())
-            continue
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+        columns[name] = column_from_values(name, list(map(operator.methodcaller("get", name), rows)))
     return pa.table(columns)
+
+
+def column_from_values(name: str, values: list) -> pa.Array:
+    """One column of :func:`rows_to_table` from its Python values (typed as pa.array infers them;
+    text for a column of mixed values); columnar.py builds the same bytes without rows."""
+    if any(issubclass(t, np.generic) for t in set(map(type, values))):     # C-speed type scan
+        values = [_plain(v) for v in values]
+    if name in _STRING_COLUMNS:
+        return pa.array(values, type=pa.string())
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, bytes] | None = None,
@@ -130,16 +134,20 @@ def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, by
         index = pa.array(order, type=pa.int64())
         arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
     slim, arrays = split_embeddings(rows)
-    table = rows_to_table(slim, drop=drop, arrow_columns=arrow_columns)
+    write_table(path, rows_to_table(slim, drop=drop, arrow_columns=arrow_columns), metadata)
+    if embeddings_path and arrays:
+        ebuf = io.BytesIO()
+        np.savez(ebuf, uids=np.array([r[R.UID] for r in rows]), **arrays)
+        write_bytes_atomic(embeddings_path, ebuf.getvalue())
+
+
+def write_table(path: str, table: pa.Table, metadata: dict[bytes, bytes] | None = None) -> None:
+    """A table (schema ``metadata`` added) to zstd parquet, atomically: every parquet file we write."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     write_bytes_atomic(path, buf.getvalue())
-    if embeddings_path and arrays:
-        ebuf = io.BytesIO()
-        np.savez(ebuf, uids=np.array([r[R.UID] for r in rows]), **arrays)
-        write_bytes_atomic(embeddings_path, ebuf.getvalue())
 
 
 def read_rows(path: str, embeddings_path: str | None = None, columns: list[str] | None = None) -> list[dict]:

@@ -109,8 +109,12 @@ def main() -> int:
     ap.add_argument("--recipes", nargs="+", default=["datacomp_basic", "datacomp_clip_l14_30pct"])
     ap.add_argument("--workdir", default="/tmp/bench_select")
     ap.add_argument("--json")
+    ap.add_argument("--row-path", action="store_true",
+                    help="decide by rows (BEAM_FILTER_COLUMNAR=0, docs/columnar_select.md): before/after figures")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
+    if args.row_path:
+        os.environ["BEAM_FILTER_COLUMNAR"] = "0"        # the select subprocesses inherit it
     env_cli = [sys.executable, "-m", "beam_filter.cli"]
     results = []
     for rows in args.rows:
@@ -122,7 +126,9 @@ def main() -> int:
             r = measure(env_cli + ["select", "--recipe", recipe, "--metadata", meta, "--output", out,
                                    "--no-progress", *extra])
             r.update(recipe=recipe, rows=rows, part_rows=args.part_rows,
-                     rows_per_s=round(rows / r["seconds"]), cores=os.cpu_count())
+                     rows_per_s=round(rows / r["seconds"]), cores=os.cpu_count(), columnar=not args.row_path)
+            with open(os.path.join(out, "report.json")) as f:      # the pool work, without launcher/finalize
+                r["select_phase_s"] = json.load(f).get("timings", {}).get("phases", {}).get("select")
             print(json.dumps(r), flush=True)
             results.append(r)
     if args.json:

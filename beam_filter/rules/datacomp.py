@@ -49,6 +49,21 @@ def basic_filter_reason(caption: str | None, lang: str | None, width: int | None
     return image_size_reason(width, height, min_side=min_side, max_aspect=max_aspect)
 
 
+def basic_filter_reasons(langs, words, chars, width, height, *, english: str = "en", min_words: int = 2,
+                         min_chars: int = 5, min_side: int = 200, max_aspect: float = 3.0):
+    """:func:`basic_filter_reason` over whole columns (columnar select): ``langs`` an object array,
+    ``words``/``chars`` the caption counts, ``width``/``height`` float64 with NaN for a missing side
+    (``image_size_reasons``); an object array of reasons, the first failing test's, as above."""
+    import numpy as np
+
+    from beam_filter.rules.image import image_size_reasons
+
+    out = image_size_reasons(width, height, min_side=min_side, max_aspect=max_aspect)
+    out[(np.asarray(words) <= min_words) | (np.asarray(chars) <= min_chars)] = "caption_too_short"
+    out[np.asarray(langs, dtype=object) != english] = "not_english"
+    return out
+
+
 def laion2b_reason(score, cld3_lang: str | None, threshold: float = LAION_THRESHOLD) -> str | None:
     """DataComp laion2b: keep when B/32 score >= threshold and gcld3 says ``en``."""
     if score is None or (isinstance(score, float) and math.isnan(score)) or float(score) < threshold:

@@ -39,6 +39,33 @@ def image_size_reason(width: int | None, height: int | None, min_side: int | Non
     return None
 
 
+def image_size_reasons(width, height, min_side: int | None = None, max_side: int | None = None,
+                       max_aspect: float | None = None):
+    """:func:`image_size_reason` over whole columns (columnar select): ``width``/``height`` float64
+    arrays of whole numbers with NaN for a missing side; an object array of reasons."""
+    import numpy as np
+
+    out = np.full(len(width), None, dtype=object)
+    if min_side is None and max_side is None and max_aspect is None:
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo, hi = np.fmin(width, height), np.fmax(width, height)
+        undecided = ~(np.isnan(width) | np.isnan(height) | (lo <= 0))
+        out[~undecided] = "image_too_small"
+        rules = []
+        if min_side is not None:
+            rules.append((lo < min_side, "image_too_small"))
+        if max_side is not None:
+            rules.append((hi > max_side, "image_too_large"))
+        if max_aspect is not None:
+            rules.append((hi / lo > max_aspect, "aspect_ratio_too_extreme"))
+        for fails, why in rules:       # the first failing bound names the reason, as above
+            hit = undecided & fails
+            out[hit] = why
+            undecided &= ~hit
+    return out
+
+
 def _exact(bound: float) -> Fraction:
     """A bound as the decimal the user wrote (0.33 is 33/100, not the nearest binary float)."""
     return Fraction(repr(float(bound)))

@@ -95,6 +95,24 @@ def detect_language(text: str | None, model_path: str | None = None) -> tuple[st
     return labels[0].replace("__label__", "", 1), float(probs[0])
 
 
+def detect_language_labels(texts, model_path: str | None = None) -> list[str]:
+    """The labels of :func:`detect_language` for many texts in one batched fastText call: the same
+    top-1 labels without a Python round trip per caption (columnar select). fasttext-predict's
+    ``multilinePredict`` returns labels only (its ``predict`` of a list fails unpacking them), so
+    it is called directly; a build without it answers caption by caption."""
+    model = load_fasttext_model(model_path)
+    lines = [_clean(t) + "\n" for t in texts]
+    try:
+        labels = model.f.multilinePredict(lines, 1, 0.0, "strict")
+    except (AttributeError, TypeError, ValueError):
+        labels = None
+    if isinstance(labels, tuple):       # the official bindings: (labels, probabilities)
+        labels = labels[0]
+    if labels is None or len(labels) != len(lines):
+        return [detect_language(t, model_path)[0] for t in texts]
+    return [lab[0].replace("__label__", "", 1) if len(lab) else "" for lab in labels]
+
+
 def fasttext_tokenize(text: str | None) -> list[str]:
     """Tokens exactly as ``fasttext.tokenize`` returns them (each '\\n' adds ``</s>``)."""
     return [FASTTEXT_EOS if m == "\n" else m for m in _FASTTEXT_TOKEN.findall(text or "")]

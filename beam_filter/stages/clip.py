@@ -198,6 +198,11 @@ class ClipStage(ScoredStage):
             kwargs["mask_fill"] = p.mask_fill
         return ClipModelHandler(p.model, p.pretrained, **kwargs)
 
+    def shares_decode(self) -> bool:
+        """The CPU decode of a plain clip stage can be shared (models/shared_decode.py); not the
+        masked view (its input reads text_detect's boxes) nor nvJPEG decoding on the GPU."""
+        return not self.p.masked and self.p.decode == "cpu"
+
     def model_input(self, sample):
         if self.p.masked:
             boxes = sample.features.get(TEXT_BOXES) or ""
@@ -243,6 +248,22 @@ class ClipStage(ScoredStage):
             return self.below
         return None
 
+    def reason_array(self, part, alive, info: Any = None):
+        out = np.full(part.n, None, dtype=object)
+        if self.p.threshold is None and self.p.fraction is None:
+            return out
+        g = self.getter         # its column, else DataComp's, as ScoreGetter picks it per row
+        column = next((c for c in (g.column, g.fallback) if c is not None and part.has(c)), None)
+        values = None if column is None else part.floats(column)
+        if values is None:
+            return None         # no such column, or not numbers: the row path says so in one line
+        threshold = self.threshold_of(info)
+        if threshold is None:
+            out[:] = self.below
+        else:
+            out[~(values >= threshold)] = self.below      # NaN (a missing score) fails too
+        return out
+
     # ---- offline smoke tests ------------------------------------------------------
     @classmethod
     def write_test_model(cls, directory: str) -> bool:
@@ -258,7 +279,7 @@ class ClipStage(ScoredStage):
                 "device": "cpu", "precision": "fp32"}
 
     def provenance(self) -> dict:
-        from beam_filter.models.clip import clip_provenance
+        from beam_filter.models.provenance import clip_provenance   # no torch import
 
         p = self.p
         out = {"type": self.name, "params": self.config, "model": clip_provenance(p.model, p.pretrained),

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_filter.cluster.centroids import (CentroidIndex, TargetClusters, load_centroids_file, load_target_ids,
-                                           parse_target_paths, target_cluster_verdicts)
+from beam_filter.cluster.centroids import (MISS_REASON, CentroidIndex, TargetClusters, load_centroids_file,
+                                           load_target_ids, parse_target_paths, target_cluster_verdicts)
 from beam_filter.errors import UserError
 from beam_filter.identity import row_token
 from beam_filter.records import CAPTION, Verdict
@@ -40,7 +40,7 @@ from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules.datacomp import (LAION_THRESHOLD, image_based_caption_reason, laion2b_reason,
                                         text_based_reason)
-from beam_filter.rules.language import detect_language_cld3
+from beam_filter.rules.language import detect_language_cld3, fasttext_token_count
 from beam_filter.stages.rules import FastTextLanguage, row_language
 
 CLD3_LANG, CLD3_SCORE = "lang_cld3", "lang_cld3_score"   # same columns as `language` with gcld3
@@ -106,6 +106,23 @@ class Laion2B(RuleStage):
             return "clip_score_below_threshold"                          # language: skip detecting it
         return laion2b_reason(score, row_language(row, CLD3_LANG, detect_language_cld3), self.p.threshold)
 
+    def reason_array(self, part, alive, info: Any = None):
+        own = f"{self.p.clip_stage}_score" if self.p.clip_stage else None
+        column = next((c for c in (own, DATACOMP_B32) if c and part.has(c)), None)
+        scores = None if column is None else part.floats(column)
+        if scores is None:
+            return None         # the row path's one-line error, or a column that is not numbers
+        out = np.full(part.n, None, dtype=object)
+        low = ~(scores >= self.p.threshold)          # NaN (a missing score) fails too
+        out[low] = "clip_score_below_threshold"
+        given, captions = part.pylist(CLD3_LANG), part.captions()
+        for i in np.flatnonzero(alive & ~low):      # gcld3 has no batch call: only where it decides
+            lang = given[i] if given is not None else None
+            if lang is None:
+                lang = detect_language_cld3(captions[i])[0]
+            out[i] = None if lang == "en" else "not_english"
+        return out
+
 
 @register
 class TextBased(FastTextLanguage, RuleStage):
@@ -124,6 +141,14 @@ class TextBased(FastTextLanguage, RuleStage):
     def reason(self, row: dict, info: Any = None) -> str | None:
         return text_based_reason(row.get(CAPTION), self.row_language(row),
                                  self.p.wordnet_dir)
+
+    def reason_array(self, part, alive, info: Any = None):
+        langs, captions = self.language_array(part, alive), part.captions()
+        out = np.full(part.n, None, dtype=object)
+        out[langs != "en"] = "not_english"
+        for i in np.flatnonzero(alive & (langs == "en")):     # WordNet only where it can decide
+            out[i] = text_based_reason(captions[i], "en", self.p.wordnet_dir)
+        return out
 
 
 @register
@@ -194,6 +219,29 @@ class ImageBased(FastTextLanguage, GroupStage):
         failed = {token for token, _ in verdicts}
         return [(token, Verdict(columns={self.pass_column: 0.0 if token in failed else 1.0}))
                 for token in (row_token(r) for r in rows)]
+
+    def verdict_reasons_array(self, part, alive):
+        """``batch_verdicts`` on a columnar part: the caption pre-filter on columns, then one
+        ``TargetClusters.hits`` search of the rows that pass it (the search is batch-independent)."""
+        if self.p.mode != "filter":
+            return None
+        out = np.full(part.n, None, dtype=object)
+        langs, captions, chars = self.language_array(part, alive), part.captions(), part.caption_chars()
+        english = alive & (langs == "en")
+        out[alive & ~english] = "not_english"
+        idx = np.flatnonzero(english)
+        tokens = np.fromiter((fasttext_token_count(captions[i]) for i in idx), np.int64, len(idx))
+        short = (tokens <= 1) | (chars[idx] <= 5)
+        out[idx[short]] = "caption_too_short"
+        searched = idx[~short]
+        if len(searched):
+            matrix = next((m for m in (part.embedding(c, searched) for c in self.embedding_columns())
+                           if m is not None), None)
+            if matrix is None:
+                return None         # the row path names the missing column in one line
+            hit = self.target_clusters().hits(matrix)
+            out[searched[~hit]] = MISS_REASON
+        return out
 
     def verdicts(self, alive_rows):
         from beam_filter.transforms.cluster import NearestCentroidVerdicts

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from beam_filter.records import CAPTION, HEIGHT, LANG, LANG_SCORE, SHA256, UID, WIDTH
 from beam_filter.process_cache import once_per_process
 from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
 from beam_filter.rules import caption as cap
-from beam_filter.rules.datacomp import basic_filter_reason
-from beam_filter.rules.image import ASPECT_ENDS, image_size_reason, width_height_reason
+from beam_filter.rules.datacomp import basic_filter_reason, basic_filter_reasons
+from beam_filter.rules.image import ASPECT_ENDS, image_size_reason, image_size_reasons, width_height_reason
 from beam_filter.rules.language import detect_language, detect_language_cld3, language_reason
 from beam_filter.rules.uid_subset import MODES as UID_SUBSET_MODES, uid_subset_copies, uid_subset_reason
 
@@ -71,6 +73,11 @@ class FastTextLanguage:
     def row_language(self, row: dict) -> str | None:
         return row_language(row, self._lang_col, self._detect)
 
+    def language_array(self, part, where=None):
+        """``row_language`` of the rows of a columnar part in the mask ``where`` (others: None),
+        detected once per part for every stage that asks (columnar.PartColumns.languages)."""
+        return part.languages(self._lang_col, self.p.lid_model, where)
+
 
 def row_language(row: dict, col: str, detect) -> str | None:
     """The row's language label; metadata rows (nothing scored) get it computed from the caption."""
@@ -108,6 +115,14 @@ class DataCompBasic(FastTextLanguage, RuleStage):
             row.get(WIDTH), row.get(HEIGHT), min_words=self.p.min_words,
             min_chars=self.p.min_chars, min_side=self.p.min_side, max_aspect=self.p.max_aspect)
 
+    def reason_array(self, part, alive, info: Any = None):
+        width, height = part.sides(WIDTH), part.sides(HEIGHT)
+        if width is None or height is None:
+            return None
+        return basic_filter_reasons(self.language_array(part, alive), part.caption_words(), part.caption_chars(),
+                                    width, height, min_words=self.p.min_words, min_chars=self.p.min_chars,
+                                    min_side=self.p.min_side, max_aspect=self.p.max_aspect)
+
 
 @register
 class CaptionLength(RuleStage):
@@ -132,6 +147,24 @@ class CaptionLength(RuleStage):
     def reason(self, row: dict, info: Any = None) -> str | None:
         return cap.caption_length_reason(row.get(CAPTION), self.p.min_chars, self.p.max_chars,
                                          self.p.min_words, self.p.max_words)
+
+    def reason_array(self, part, alive, info: Any = None):
+        chars, words = part.caption_chars(), part.caption_words()
+        p = self.p
+        out = np.full(part.n, None, dtype=object)
+        too_long = np.zeros(part.n, bool)
+        too_short = np.zeros(part.n, bool)
+        if p.max_chars is not None:
+            too_long |= chars > p.max_chars
+        if p.max_words is not None:
+            too_long |= words > p.max_words
+        if p.min_chars is not None:
+            too_short |= chars < p.min_chars
+        if p.min_words is not None:
+            too_short |= words < p.min_words
+        out[too_long] = "caption_too_long"
+        out[too_short] = "caption_too_short"        # checked first by caption_length_reason
+        return out
 
 
 @register
@@ -165,6 +198,14 @@ class ImageSize(RuleStage):
                                   self.p.max_side, self.p.max_aspect)
                 or width_height_reason(row.get(WIDTH), row.get(HEIGHT), self.p.min_width_height,
                                        self.p.max_width_height, self.p.width_height_ends))
+
+    def reason_array(self, part, alive, info: Any = None):
+        if self.p.min_width_height is not None or self.p.max_width_height is not None:
+            return None     # the exact rational width/height bounds stay per row
+        width, height = part.sides(WIDTH), part.sides(HEIGHT)
+        if width is None or height is None:
+            return None
+        return image_size_reasons(width, height, self.p.min_side, self.p.max_side, self.p.max_aspect)
 
 
 @register
@@ -211,6 +252,14 @@ class Language(RuleStage):
             lang, score = self._detect(row.get(CAPTION))
         return language_reason(lang, score, self._keep, self.p.min_score)
 
+    def reason_array(self, part, alive, info: Any = None):
+        if self.p.backend != "fasttext" or self.p.min_score is not None:
+            return None     # probabilities (and gcld3) stay per row: the batched call gives labels
+        langs = part.languages(self._lang_col, self.p.model, alive)
+        out = np.full(part.n, None, dtype=object)
+        out[~np.isin(langs, list(self._keep))] = language_reason(None, None, self._keep)
+        return out
+
 
 @register
 class JunkCaption(RuleStage):
@@ -234,6 +283,10 @@ class JunkCaption(RuleStage):
         extra = cap.load_caption_list(self.p.extra_list) if self.p.extra_list else frozenset()
         return cap.junk_caption_reason(row.get(CAPTION), extra, self.p.min_unique_token_ratio)
 
+    def reason_array(self, part, alive, info: Any = None):
+        extra = cap.load_caption_list(self.p.extra_list) if self.p.extra_list else frozenset()
+        return _per_caption(part, alive, lambda c: cap.junk_caption_reason(c, extra, self.p.min_unique_token_ratio))
+
 
 @register
 class CodeLikeCaption(RuleStage):
@@ -248,6 +301,18 @@ class CodeLikeCaption(RuleStage):
 
     def reason(self, row: dict, info: Any = None) -> str | None:
         return cap.code_like_reason(row.get(CAPTION))
+
+    def reason_array(self, part, alive, info: Any = None):
+        return _per_caption(part, alive, cap.code_like_reason)
+
+
+def _per_caption(part, alive, reason_of) -> np.ndarray:
+    """A caption rule's reasons for the rows in ``alive`` of a columnar part (no row dicts built)."""
+    captions = part.captions()
+    out = np.full(part.n, None, dtype=object)
+    for i in np.flatnonzero(alive):
+        out[i] = reason_of(captions[i])
+    return out
 
 
 # ---- uid subsets ---------------------------------------------------------------------
@@ -284,12 +349,33 @@ class UidSubset(RuleStage):
         return uid_subset_copies(uid_set(self.p.path).count(row.get(UID) or ""), self.p.mode,
                                  self.p.copies)
 
+    def _counts(self, part) -> np.ndarray:
+        """How many times each row's uid is listed, once per part (reason and copies both ask)."""
+        def count():
+            uids, listed = part.pylist(UID), uid_set(self.p.path)
+            return np.fromiter((listed.count(u or "") for u in uids), np.int64, len(uids))
+        return part.cached(("uid_subset", self.p.path), count)
+
+    def reason_array(self, part, alive, info: Any = None):
+        if part.pylist(UID) is None:
+            return None
+        listed = self._counts(part) > 0
+        out = np.full(part.n, None, dtype=object)
+        out[listed if self.p.mode == "drop" else ~listed] = uid_subset_reason(self.p.mode == "drop", self.p.mode)
+        return out
+
+    def copies_array(self, part, rows):
+        counts = self._counts(part)[rows]
+        return np.array([uid_subset_copies(int(c), self.p.mode, self.p.copies) or 1 for c in counts], np.int64)
+
 
 # ---- exact dedup ---------------------------------------------------------------------
 
 @register
 class ExactDedup(GroupStage):
-    """Drop byte-identical images (same sha256); the smallest uid survives (cluster/exact_dup.py)."""
+    """Drop byte-identical images (same sha256); the smallest uid survives (cluster/exact_dup.py).
+
+    Selected by part, its transform sees slim rows: uid, shard, key and the sha256 (docs/memory.md)."""
 
     name = "exact_dedup"
     description = "exact duplicate removal by image sha256 (survivor = smallest uid)"
