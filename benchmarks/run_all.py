@@ -20,7 +20,8 @@ BENCHES = [
     ("bench_clip_vitb32", "bench_clip.py", ["--arch", "ViT-B-32", "--n", "256"], True),
     ("bench_clip_vitl14", "bench_clip.py", ["--arch", "ViT-L-14", "--n", "48"], True),
     ("bench_clip_tokenizer", "bench_clip.py", ["--tokenizer", "--n", "20000"], True),
-    ("bench_cluster", "bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000"], True),
+    ("bench_cluster", "bench_cluster.py", ["--sizes", "10000", "100000", "1000000", "--beam", "100000",
+                                           "--select", "10000", "100000"], True),     # docs/memory.md
     ("bench_mlm", "bench_mlm.py", [], False),
     # Issue 14's sizes: 20k, 320k and 1.28M metadata rows, every DataComp baseline (~15 min on 2 cores).
     ("bench_select", "bench_select.py", ["--rows", "20000", "320000", "1280000", "--recipes", "datacomp_basic",
@@ -28,6 +29,11 @@ BENCHES = [
                                          "image_based_intersect_clip_score"], True),
     ("bench_dbp", "bench_dbp.py", ["--sizes", "100000", "1000000", "--beam", "100000"], True),
     ("bench_uid_subset", "bench_uid_subset.py", ["--uids", "20000000", "--lookups", "200000"], True),
+    # issue 14: the launcher's work after the pool (uids.npy, report.json, report.html) at 20k-1.28M rows
+    ("bench_finalize", "bench_finalize.py", ["--rows", "20000", "320000", "1280000"], True),
+    # issue 19: build-centroids on one machine vs --distributed (local runner), same centroid bytes
+    ("bench_build_centroids", "bench_build_centroids.py", ["--rows", "200000", "--part-rows", "50000",
+                                                           "--clusters", "256"], True),
     ("bench_text_detect", "bench_text_detect.py", ["--n", "48"], True),
     ("bench_devil", "bench_devil.py", ["--n", "64"], True),
     # issue 14 side by side; full sizes: docs/benchmarks_vs_peers.md. Skipped (a JSON line says so)
