@@ -244,7 +244,7 @@ def read_part_rows(part, embeddings: tuple = (), keep_batches: list | None = Non
 
 
 def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
-                embeddings: tuple = (), infos: dict | None = None) -> ShardResult:
+                embeddings: tuple = (), infos: dict | None = None, with_kept: bool = True) -> ShardResult:
     """The fused select of one input part: a scores file, or a DataComp metadata (parquet, npz) pair.
 
     Rows are read, decided by partwise stages (selection.is_partwise: per-row rules, fixed
@@ -254,7 +254,16 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
     read them: no row crosses a shuffle, and memory is bounded by the largest part, not
     by the pool. The general graph (transforms/select.py) writes the same bytes (a test
     checks it).
+
+    ``with_kept`` False: the result carries no kept list (``select`` does not reshard); from a
+    pool worker that list is pickled to the launcher, 200 MB for a million kept rows.
     """
+    result = _select_part(part, select_stages, layout, metadata, embeddings, infos)
+    return result if with_kept else result._replace(kept=None)
+
+
+def _select_part(part, select_stages, layout: OutputLayout, metadata: dict, embeddings: tuple,
+                 infos: dict | None) -> ShardResult:
     fast = columnar.select_part_columnar(part, select_stages, layout, metadata, embeddings, infos)
     if fast is not None:
         return fast

@@ -82,7 +82,7 @@ class FusedSelectFn(LocalPoolDoFn):
         self.emit_kept = emit_kept          # `run`: the kept lists go on to the reshard
 
     def work_args(self, side_inputs):
-        return (*self.args, dict(side_inputs))
+        return (*self.args, dict(side_inputs), self.emit_kept)
 
     def emit(self, part, result: ShardResult):
         for name, n in sorted(result.counts.items()):

@@ -84,23 +84,26 @@ def _define_dofn():
 
         def setup(self):
             self.pool = None
-            if self.processes > 0:
-                # forkserver, not fork: the runner has threads running, which fork does not survive.
-                # The server imports the work's modules once; workers fork from it ready to go.
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(sorted(set(self.preload) | {type(self).work.__module__, __name__}))
-                self.pool = concurrent.futures.ProcessPoolExecutor(
-                    self.processes, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),))
+
+        def _start_pool(self):
+            # forkserver, not fork: the runner has threads running, which fork does not survive.
+            # The server imports the work's modules once; workers fork from it ready to go.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(sorted(set(self.preload) | {type(self).work.__module__, __name__}))
+            return concurrent.futures.ProcessPoolExecutor(
+                self.processes, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),))
 
         def start_bundle(self):
             self.pending = []
 
         def process(self, element, **side_inputs):
             args = self.work_args(side_inputs)
-            if self.pool is None:
+            if self.processes <= 0:
                 yield from self.emit(element, type(self).work(element, *args))
-            else:
-                self.pending.append((element, self.pool.submit(type(self).work, element, *args)))
+                return
+            if self.pool is None:
+                self.pool = self._start_pool()
+            self.pending.append((element, self.pool.submit(type(self).work, element, *args)))
 
         def work_args(self, side_inputs: dict) -> tuple:
             """``work``'s arguments after the element; a subclass taking side inputs adds them."""
@@ -121,10 +124,18 @@ def _define_dofn():
                     else:
                         yield windowed(out)
             self.pending = []
+            # The local runner hands a step all its elements in one bundle: the workers (a few
+            # hundred MB each after a part) are done, and would otherwise stay alive beside the
+            # next step's pool and the launcher's finalize until the runner tears the DoFn down.
+            self._stop_pool()
 
-        def teardown(self):
+        def _stop_pool(self):
             if getattr(self, "pool", None) is not None:
                 self.pool.shutdown()
+                self.pool = None
+
+        def teardown(self):
+            self._stop_pool()
 
         def emit(self, element, result):
             yield result
