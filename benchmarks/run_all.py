@@ -39,7 +39,11 @@ BENCHES = [
     # issue 14 side by side; full sizes: docs/benchmarks_vs_peers.md. Skipped (a JSON line says so)
     # without a DataComp checkout and the peer's virtualenv.
     ("bench_vs_datacomp", "bench_vs_datacomp.py", ["--rows", "20000"], True),
-    ("bench_score_vs_loop_rules", "bench_score_vs_loop.py", ["--samples", "2000", "--kinds", "rules"], True),
+    # issue 14: a rule recipe and a model recipe (the tiny CLIP twin) at 2k, 20k and 100k samples
+    ("bench_score_vs_loop_rules", "bench_score_vs_loop.py", ["--samples", "2000", "20000", "100000",
+                                                             "--kinds", "rules", "--repeat", "1"], True),
+    ("bench_score_tiny_clip", "bench_score_vs_loop.py", ["--samples", "2000", "20000", "100000",
+                                                         "--kinds", "tiny_clip", "--repeat", "1"], True),
     ("bench_score_vs_loop_clip", "bench_score_vs_loop.py", ["--samples", "256", "--kinds", "clip",
                                                             "--repeat", "1", "--shard-size", "128"], True),
     # issue 16: captions/s (tiny twin and a random blip-base-shaped BLIP) and SIEVE pairs/s (real MiniLM)
