@@ -124,15 +124,19 @@ def column_from_values(name: str, values: list) -> pa.Array:
 
 
 def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, bytes] | None = None,
-               embeddings_path: str | None = None, arrow_columns: dict | None = None) -> None:
+               embeddings_path: str | None = None, arrow_columns: dict | None = None,
+               presorted: bool = False) -> None:
     """Write rows (sorted by key) to parquet atomically; embeddings to an npz beside when asked.
 
-    ``arrow_columns``: columns aligned with ``rows`` as given, passed through (rows_to_table)."""
-    order = sorted(range(len(rows)), key=lambda i: rows[i][R.KEY])
-    rows = [rows[i] for i in order]
-    if arrow_columns:
-        index = pa.array(order, type=pa.int64())
-        arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
+    ``arrow_columns``: columns aligned with ``rows`` as given, passed through (rows_to_table).
+    ``presorted``: the caller already sorted them by key (a stable sort of sorted rows changes
+    nothing, so this only saves the work)."""
+    if not presorted:
+        order = sorted(range(len(rows)), key=lambda i: rows[i][R.KEY])
+        rows = [rows[i] for i in order]
+        if arrow_columns:
+            index = pa.array(order, type=pa.int64())
+            arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
     slim, arrays = split_embeddings(rows)
     write_table(path, rows_to_table(slim, drop=drop, arrow_columns=arrow_columns), metadata)
     if embeddings_path and arrays:
@@ -215,9 +219,10 @@ def write_shard_tables(layout: OutputLayout, shard: str, rows: list[dict], *,
         arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
     if write_scores:
         write_rows(layout.scores(shard), rows, drop=DECISION_ONLY, metadata=metadata,
-                   embeddings_path=layout.embeddings(shard))
+                   embeddings_path=layout.embeddings(shard), presorted=True)
     if write_decisions:
-        write_rows(layout.decisions(shard), rows, metadata=metadata, arrow_columns=arrow_columns)
+        write_rows(layout.decisions(shard), rows, metadata=metadata, arrow_columns=arrow_columns,
+                   presorted=True)
     kept = tuple(kept_entry(r) for r in rows if r.get(R.KEPT))
     return ShardKept(shard, kept)
 
