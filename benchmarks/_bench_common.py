@@ -42,6 +42,21 @@ def run_jobs_isolated(script: str, jobs: list[tuple[str, int]], json_path: str |
     return results
 
 
+def replicate_shards(pool: str, copies: int) -> int:
+    """Copy the pool's generated ``.tar`` shards ``copies - 1`` more times under new names
+    (``%08d.tar`` after the originals): a large pool cheaply, since the sample generator
+    (~100 samples/s) is the slow part and not what is measured. Returns the shard count."""
+    import shutil
+
+    originals = sorted(f for f in os.listdir(pool) if f.endswith(".tar"))
+    index = len(originals)
+    for _ in range(copies - 1):
+        for name in originals:
+            shutil.copyfile(os.path.join(pool, name), os.path.join(pool, f"{index:08d}.tar"))
+            index += 1
+    return index
+
+
 def _descendant_ticks(root: int, ticks: dict[int, int]) -> None:
     """Update ``ticks[pid]`` with utime + stime (clock ticks) of every descendant of ``root``."""
     children: dict[int, list[int]] = {}

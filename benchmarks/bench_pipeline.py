@@ -51,11 +51,12 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         p.run().wait_until_finish()
         samples = _count_rows(os.path.join(out, "decisions"))
     elif variant == "loop_reshard":
-        from beam_filter.pipeline import read_kept
+        from beam_filter.pipeline import _shard_paths_by_stem, read_kept
         from beam_filter.resharding import expand_kept, plan_output_shards, write_output_shard
 
         decisions = sorted(os.path.join(pool + "_decisions", f) for f in os.listdir(pool + "_decisions"))
-        kept = [read_kept(d, _shards_by_stem(pool)) for d in decisions]
+        by_stem = _shard_paths_by_stem(shards)
+        kept = [read_kept(d, by_stem) for d in decisions]
         by_shard = {k.shard: expand_kept(k.kept) for k in kept}
         plan = plan_output_shards([(k.shard, len(by_shard[k.shard])) for k in kept], shard_size)
         os.makedirs(layout.shards_dir, exist_ok=True)
@@ -63,7 +64,7 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
             parts = [(seg.shard, by_shard[seg.shard][seg.start:seg.end]) for seg in o.segments]
             samples += write_output_shard(layout.shard_tar(o.index), parts)["count"]
     elif variant == "beam_reshard":
-        from beam_filter.pipeline import read_kept
+        from beam_filter.pipeline import _shard_paths_by_stem, read_kept
         from beam_filter.transforms.reshard import WriteShards
 
         import apache_beam as beam
@@ -71,7 +72,7 @@ def run_variant(variant: str, pool: str, out: str, recipe: str, shard_size: int)
         decisions = sorted(os.path.join(pool + "_decisions", f) for f in os.listdir(pool + "_decisions"))
         options = pipeline_options([])
         p = make_pipeline(options)
-        (p | beam.Create(decisions) | beam.Map(read_kept, _shards_by_stem(pool))
+        (p | beam.Create(decisions) | beam.Map(read_kept, _shard_paths_by_stem(shards))
          | WriteShards(layout, shard_size, processes=local_processes(options)))
         p.run().wait_until_finish()
         samples = sum(json.load(open(f))["count"] for f in layout.shard_stats_files())
@@ -97,16 +98,12 @@ def make_pool(pool: str, samples: int, replicate: int) -> None:
     Copies (new shard names, same content) give a DataComp-like shard count cheaply;
     the generator is the slow part (~100 samples/s), not what is measured.
     """
+    from _bench_common import replicate_shards     # benchmarks/ is on sys.path (this script's dir)
     from beam_filter.devtools.sample_pool import make_sample
 
     t0 = time.time()
     make_sample(pool, samples=samples, seed=1, shard_size=1000)
-    originals = sorted(f for f in os.listdir(pool) if f.endswith(".tar"))
-    index = len(originals)
-    for _ in range(replicate - 1):
-        for name in originals:
-            shutil.copyfile(os.path.join(pool, name), os.path.join(pool, f"{index:08d}.tar"))
-            index += 1
+    index = replicate_shards(pool, replicate)
     print(f"pool: {samples} generated samples x {replicate} = {samples * replicate} samples in {index} shards "
           f"({time.time() - t0:.0f}s)", file=sys.stderr)
 
@@ -170,9 +167,3 @@ def platform_name() -> str:
 if __name__ == "__main__":
     main()
 
-
-def _shards_by_stem(pool: str) -> dict:
-    """{stem: tar path} of the pool: what `beam-filter reshard` matches decisions against."""
-    from beam_filter.layout import shard_stem
-
-    return {shard_stem(f): os.path.join(pool, f) for f in os.listdir(pool) if f.endswith(".tar")}

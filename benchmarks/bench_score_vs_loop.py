@@ -56,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from _bench_common import measure_cpu  # noqa: E402
+from _bench_common import measure_cpu, replicate_shards  # noqa: E402
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLIP_RECIPE, CLIP_STAGE = "datacomp_b32_th025", "clip_b32"
@@ -79,12 +79,7 @@ def make_pool(workdir: str, samples: int, shard_size: int, max_generated: int) -
     shutil.rmtree(tmp, ignore_errors=True)      # this benchmark's own half-written pool
     t0 = time.time()
     make_sample(tmp, samples=samples // copies, seed=1, shard_size=shard_size)
-    originals = sorted(f for f in os.listdir(tmp) if f.endswith(".tar"))
-    index = len(originals)
-    for _ in range(copies - 1):
-        for name in originals:
-            shutil.copyfile(os.path.join(tmp, name), os.path.join(tmp, f"{index:08d}.tar"))
-            index += 1
+    index = replicate_shards(tmp, copies)
     os.replace(tmp, pool)
     print(f"pool {pool}: {samples // copies} generated x {copies} in {index} shards ({time.time() - t0:.0f} s)",
           file=sys.stderr, flush=True)
