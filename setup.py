@@ -50,5 +50,5 @@ setup(
         # gcld3: the laion2b baseline's language id; builds against protobuf (apt: protobuf-compiler libprotobuf-dev)
         "cld3": ["gcld3>=3.0.13"],
     },
-    entry_points={"console_scripts": ["beam-filter=beam_filter.cli:main"]},
+    entry_points={"console_scripts": ["beam-filter=beam_filter.cli:entry"]},
 )

@@ -50,6 +50,35 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
+def entry() -> None:
+    """The ``beam-filter`` console script: :func:`main`, then leave without tearing the interpreter down.
+
+    A finished command holds Beam's runner, its gRPC threads and every module it imported
+    (pyarrow, torch, matplotlib); CPython's teardown frees them one object at a time: 0.7 s
+    of a 1.28M-row ``select --metadata`` on 2 cores (measured), while the user waits for a
+    prompt with nothing left to do. Normal exit's steps that matter still run, in the same
+    order: non-daemon threads are joined, atexit handlers run (logging flush, temporary
+    directories, the process pool's children), std streams are flushed; then ``os._exit``.
+    Everything the command wrote was closed by then (fsio writes through context managers).
+    ``main`` itself returns normally, so in-process callers (tests) are unaffected; argparse's
+    own exits (--help, a usage error) raise SystemExit and leave the normal way.
+    """
+    code = main()
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):       # a closed pipe: nothing left to say
+            pass
+    os._exit(code)
+
+
 # ---- one-line failures --------------------------------------------------------------
 
 _USER_ERROR = re.compile(r"(?:^|[\s.'\"])UserError: ([^\n]+)")
@@ -721,4 +750,4 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -234,14 +234,22 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
         report["sources"] = source_summary(decision_files, job.sources)
     elif getattr(job, "sources", None) and job.command == "score":   # the mix, for select (sources.recorded_mix)
         report["sources"] = job.sources
+    report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: fsio.read_json(path)
+                            for path in layout.threshold_files()}
+    folded = None
     if job.command in ("run", "select") or (job.command == "reshard" and decision_files):
-        counts, reasons, by_stage, uids = _summary_while_loading_report(decision_files, out)
+        stage_ids = [(s.id, s.name) for s in recipe.stages] if recipe is not None else None
+        # what report.json will say that the report's fold reads: recipe, thresholds, funnel stages
+        planned = {k: report[k] for k in ("recipe", "thresholds") if k in report}
+        if stage_ids is not None:
+            planned["funnel"] = funnel(stage_ids, 0, Counter(), Counter())
+        (counts, reasons, by_stage, uids), folded = _summary_and_report_fold(
+            decision_files, out, json.loads(json.dumps(planned)))
         if job.command in ("run", "select"):
             save_uids(layout.uids, uids)
         report["counts"] = {k: counts.get(k, 0) for k in ("samples", "kept", "kept_with_copies", "dropped")}
-        if recipe is not None:
-            report["funnel"] = funnel([(s.id, s.name) for s in recipe.stages], counts["samples"], by_stage,
-                                      counts)
+        if stage_ids is not None:
+            report["funnel"] = funnel(stage_ids, counts["samples"], by_stage, counts)
         added = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("added_back:")}
         if added:       # rows the recipe's add_back section kept again, by stage (addback.py)
             report["added_back"] = added
@@ -250,8 +258,6 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     skipped = list(getattr(job, "skipped_inputs", []) or [])
     if skipped:
         report.setdefault("warnings", {})["skipped_inputs"] = skipped
-    report["thresholds"] = {path.rsplit("/", 1)[-1][:-5]: fsio.read_json(path)
-                            for path in layout.threshold_files()}
     report["file_errors"] = [fsio.read_json(p) for p in layout.file_error_files()]
     report["timings"] = {"phases": {job.command: round(elapsed, 3)}, "stages": stage_timings(result),
                          "execution": job.execution}
@@ -289,7 +295,7 @@ def finalize(job, result, elapsed: float, options=None) -> dict:
     # Timings differ run to run: report.json carries them, meta.json (beside the data) does not.
     fsio.write_bytes_atomic(layout.report_json, json.dumps(report, indent=2, sort_keys=True).encode())
     if decision_files:      # no readable sample at all: report.json lists the file errors, no HTML to draw
-        _write_html(out)
+        _write_html(out, folded)
     return report
 
 
@@ -313,15 +319,19 @@ def _warnings(counts: Counter) -> dict:
     return out
 
 
-def _summary_while_loading_report(decision_files: list[str], out: str):
-    """:func:`decision_summary`, in a helper thread while this one imports the HTML report's
-    modules (matplotlib, PIL: about 0.4 s of pure-Python import that report.html needs anyway).
+def _summary_and_report_fold(decision_files: list[str], out: str, planned: dict):
+    """:func:`decision_summary`, in a helper thread, while this one imports the HTML report's
+    modules (matplotlib, PIL: about 0.4 s of pure-Python import) and folds the decisions for
+    report.html (``report.data.fold_decisions``, given what report.json is about to say:
+    ``planned``). Returns (summary, fold); the fold is None where no HTML is drawn.
 
-    The summary is Arrow and numpy work that mostly runs without the GIL, so on a second core
-    the two overlap; the result, and any error, are the summary's own.
+    Both passes are Arrow and numpy work that mostly runs without the GIL, so on a second core
+    they overlap instead of reading the files one after the other; the summary's result, and any
+    error, are its own. The report checks the fold against the report.json it finally reads and
+    folds again if they differ (report.data.scan), so the page is what a fresh scan draws.
     """
     if not decision_files or fsio.is_remote(out):
-        return decision_summary(decision_files)
+        return decision_summary(decision_files), None
     import importlib
     from concurrent.futures import ThreadPoolExecutor
 
@@ -329,20 +339,21 @@ def _summary_while_loading_report(decision_files: list[str], out: str):
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision_summary") as pool:
         summary = pool.submit(decision_summary, decision_files)
         try:
-            importlib.import_module("beam_filter.report")
-        except ImportError:
-            pass
-        return summary.result()
+            report = importlib.import_module("beam_filter.report")
+            folded = report.fold_decisions(out, planned, report.SAMPLES_PER_GROUP)
+        except Exception:  # noqa: BLE001 - no fold: report.html scans afresh and says what is wrong there,
+            folded = None  # after uids.npy and report.json are written, as without this pass
+        return summary.result(), folded
 
 
-def _write_html(out: str) -> None:
+def _write_html(out: str, folded=None) -> None:
     try:
         from beam_filter.report import write_report
     except ImportError:
         return
     if fsio.is_remote(out):
         return  # the HTML report renders from local files; run `beam-filter report` on a local copy
-    write_report(out)
+    write_report(out, folded=folded)
 
 
 def _runner_name(options) -> str:

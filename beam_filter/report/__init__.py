@@ -24,7 +24,7 @@ import numpy as np
 from beam_filter import fsio
 from beam_filter.layout import OutputLayout
 from beam_filter.report import plots
-from beam_filter.report.data import ReportData, safe_name, scan
+from beam_filter.report.data import Folded, ReportData, fold_decisions, safe_name, scan
 from beam_filter.report.html import render
 from beam_filter.report.thumbnails import THUMB_PX, fetch_thumbnails
 
@@ -54,15 +54,15 @@ def make_plots(data: ReportData) -> dict[str, bytes]:
 
 
 def write_report(output_dir: str, samples_per_group: int = SAMPLES_PER_GROUP,
-                 thumb_px: int = THUMB_PX) -> str:
+                 thumb_px: int = THUMB_PX, folded: Folded | None = None) -> str:
     """Write ``report.html`` and ``report_*.png`` into ``output_dir``; return the HTML's path.
 
     ``samples_per_group``: thumbnails shown per group (kept, and each drop reason); 0 turns the
-    grids off (no shard is opened).
+    grids off (no shard is opened). ``folded``: the decisions already read (see ``scan``).
     """
     from beam_filter import __version__
 
-    data = scan(output_dir, samples_per_group=samples_per_group)
+    data = scan(output_dir, samples_per_group=samples_per_group, folded=folded)
     pngs = make_plots(data)
     wanted = [(r.get("shard"), r.get("key")) for rows in data.samples.values() for r in rows]
     # Detected text regions (text_detect) are drawn on the thumbnails: what was masked or measured.

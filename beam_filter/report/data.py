@@ -11,7 +11,7 @@ the page). Decisions can hold 10M+ rows, so nothing here loads them whole:
   matrix, the few sample rows the thumbnail grids show).
 
 Thumbnail samples are chosen deterministically: per group ("kept" or a drop
-reason), the rows with the smallest ``sha256(uid)``.
+reason), the rows with the smallest ``uid_hashes(uid)`` (a 64-bit hash).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import heapq
 import json
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -122,7 +122,7 @@ class ReportData:
     histograms: list[Histogram]
     clusters: list[ClusterSizes]
     overlap: Overlap | None
-    samples: dict[str, list[dict]]       # group -> sample rows, smallest sha256(uid) first
+    samples: dict[str, list[dict]]       # group -> sample rows, smallest uid hash first
     group_order: list[str]
     warnings: list[str]
     added_back: dict = dataclasses.field(default_factory=dict)   # add-back stage id -> rows added
@@ -287,6 +287,63 @@ def _string_column(tbl: pa.Table, name: str):
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
+def _dictionary(column) -> tuple[list, np.ndarray]:
+    """(distinct values in order of appearance, each row's index into them) of a column; a null
+    is a value too (None, last)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    enc = pc.dictionary_encode(arr)
+    values = enc.dictionary.to_pylist()
+    idx = np.asarray(pc.fill_null(enc.indices, len(values)).to_numpy(zero_copy_only=False), np.int64)
+    return (values + [None]) if enc.indices.null_count else values, idx
+
+
+class _RowCodes:
+    """One decisions file's stage, reason and reason class per row, as codes into its handful of
+    distinct values: the scan counts them with ``np.bincount`` and works out each distinct value's
+    class once, instead of string kernels and group-bys over every row.
+
+    * ``stages``/``stage``: the stage names (a null is "unknown") and each row's index;
+    * ``reasons``/``reason``: the reasons (a null is None) and each row's index;
+    * ``classes``/``cls``: each row's reason class: the reason's prefix before ":" (Arrow's regex,
+      on the distinct reasons), or ``dropped_by_<stage>`` for a row without a reason.
+    """
+
+    def __init__(self, tbl: pa.Table, kept: np.ndarray):
+        stages, self.stage = _dictionary(_string_column(tbl, R.STAGE))
+        self.stages = ["unknown" if s is None else s for s in stages]
+        self.reasons, self.reason = _dictionary(_string_column(tbl, R.REASON))
+        named = [r for r in self.reasons if r is not None]
+        prefixes = pc.replace_substring_regex(pa.array(named, pa.string()), pattern=":.*$",
+                                              replacement="").to_pylist()
+        codes: dict[str, int] = {}
+        by_reason = [codes.setdefault(p, len(codes)) for p in prefixes] + [-1] * (len(self.reasons) - len(named))
+        by_stage = np.array([codes.setdefault(f"dropped_by_{s}", len(codes)) for s in self.stages], np.int64)
+        cls = np.array(by_reason, np.int64)[self.reason] if by_reason else np.full(len(kept), -1, np.int64)
+        self.cls = np.where(cls >= 0, cls, by_stage[self.stage])
+        self._codes = codes
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._codes)
+
+    def per_reason(self, values: list, missing) -> np.ndarray:
+        """``values[i]`` for the i-th distinct reason, spread to the rows (``missing`` for a null)."""
+        table = np.array([missing if r is None else v for r, v in zip(self.reasons, values)] or [missing])
+        return table[self.reason] if self.reasons else np.full(len(self.reason), missing)
+
+    def pair_counts(self, codes: np.ndarray, mask: np.ndarray, names: list):
+        """((names[code], stage), rows) for each (code, stage) pair among the rows in ``mask``."""
+        width = len(self.stages)
+        counts = np.bincount(codes[mask] * width + self.stage[mask])
+        return [((names[p // width], self.stages[p % width]), int(counts[p])) for p in np.flatnonzero(counts)]
+
+    def groups(self, kept: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(group names, each row's group): ``KEPT_GROUP`` for a kept row, else its reason class."""
+        codes = dict(self._codes)
+        kept_code = codes.setdefault(KEPT_GROUP, len(codes))
+        return list(codes), np.where(kept, kept_code, self.cls)
+
+
 def _bin_counts(values: np.ndarray, kept: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.histogram(values[kept], edges)[0]`` and the same of ``~kept``, from one bin lookup.
 
@@ -370,51 +427,85 @@ class _ClusterAcc:
         return ClusterSizes(column, self.rows[order], self.kept[order], self.missing, stats)
 
 
-def _uid_digests(col) -> np.ndarray:
-    """sha256 of each uid's UTF-8 text (``str(uid)``: a null is "None"), as an (n, 32) byte matrix.
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_SEED = np.uint64(0x9E3779B97F4A7C15)
 
-    One digest per row is the cost of the deterministic thumbnail choice; they are taken
-    straight from the Arrow bytes and joined once (no ``str``/``encode`` per row), about a
-    third less than hashing Python strings, and reused for the chosen rows' hex digests.
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit flips about half of the output bits."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def uid_hashes(col) -> np.ndarray:
+    """A 64-bit hash of each uid's UTF-8 text (``str(uid)``: a null is "None"), as uint64.
+
+    What the report ranks rows by to pick its sample rows: deterministic, spread evenly, and
+    a function of the uid alone (not of the file, the batch or its longest uid). Defined on
+    the bytes zero-padded to 8-byte little-endian words: ``h = mix(len ^ SEED)``, then
+    ``h = mix(h ^ word)`` per word (:func:`_mix64`, splitmix64's finaliser), so it runs as a
+    few numpy operations per word position over the whole column, straight from the Arrow
+    buffers. A sha256 per uid took a third of a 1.28M-row report scan.
     """
-    sha = hashlib.sha256
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        raw = pc.cast(pc.fill_null(col, "None"), pa.binary()).to_pylist()
-    else:
-        raw = [str(u).encode("utf-8") for u in col.to_pylist()]
-    joined = b"".join([sha(u).digest() for u in raw])
-    return np.frombuffer(joined, np.uint8).reshape(len(raw), 32)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = pa.array([str(u) for u in col.to_pylist()], pa.large_string())
+    arr = pc.cast(pc.fill_null(col, "None"), pa.large_binary())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.large_binary())
+    n = len(arr)
+    if n == 0:
+        return np.empty(0, np.uint64)
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=arr.offset * 8)
+    lengths = np.diff(offsets)
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(data_buf, np.uint8, count=last - first, offset=first) if last > first \
+        else np.empty(0, np.uint8)
+    words = (lengths + 7) // 8
+    width = int(words.max())
+    padded = np.zeros((n, max(width, 1) * 8), np.uint8)
+    if lengths.min() == lengths.max():          # equal-length uids (DataComp's hex): one reshape
+        padded[:, :lengths[0]] = data.reshape(n, int(lengths[0]))
+    elif data.size:
+        rows = np.repeat(np.arange(n), lengths)
+        padded[rows, np.arange(data.size) - np.repeat(offsets[:-1] - first, lengths)] = data
+    matrix = padded.view("<u8")
+    h = _mix64(lengths.astype(np.uint64) ^ _SEED)
+    every_row = int(words.min())            # word positions all uids reach: no mask needed
+    for j in range(width):
+        step = _mix64(h ^ matrix[:, j])
+        h = step if j < every_row else np.where(words > j, step, h)
+    return h
 
 
 class _SampleAcc:
-    """The ``n`` rows with the smallest sha256(uid) per group, across files."""
+    """The ``n`` rows with the smallest uid hash (:func:`uid_hashes`) per group, across files."""
 
     def __init__(self, n: int):
         self.n = n
         self.best: dict[str, list[tuple]] = {}
 
-    def add(self, tbl: pa.Table, groups, extra_cols: list[str], digests: np.ndarray | None = None) -> None:
-        """``groups``: string array, the group of each row of ``tbl``; ``digests``: its
-        :func:`_uid_digests` when already taken."""
+    def add(self, tbl: pa.Table, groups: tuple[list[str], np.ndarray], extra_cols: list[str],
+            hashes: np.ndarray | None = None) -> None:
+        """``groups``: (group names, each row's index into them); ``hashes``: the rows'
+        :func:`uid_hashes` when already taken."""
         if self.n <= 0 or tbl.num_rows == 0:
             return
-        if digests is None:
-            digests = _uid_digests(tbl.column(R.UID))
-        # Rank by the first 8 digest bytes (a uint64 sort); the merge below compares full digests.
-        prefix = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel()
-        enc = pc.dictionary_encode(groups)
-        if isinstance(enc, pa.ChunkedArray):
-            enc = enc.combine_chunks()
-        codes = enc.indices.to_numpy(zero_copy_only=False)
+        if hashes is None:
+            hashes = uid_hashes(tbl.column(R.UID))
+        names, codes = groups
         cols = [c for c in _SAMPLE_COLUMNS + tuple(extra_cols) if c in tbl.column_names]
         small = tbl.select(cols)
-        for code, g in enumerate(enc.dictionary.to_pylist()):
-            idx = np.nonzero(codes == code)[0]
+        for code, g in enumerate(names):
+            idx = np.flatnonzero(codes == code)
             if idx.size == 0:
                 continue
-            top = _smallest(idx, prefix[idx], self.n)
+            top = _smallest(idx, hashes[idx], self.n)
             rows = small.take(pa.array(top)).to_pylist()
-            cands = [(digests[i].tobytes().hex(), str(r.get(R.SHARD)), str(r.get(R.KEY)), r)
+            cands = [(f"{hashes[i]:016x}", str(r.get(R.SHARD)), str(r.get(R.KEY)), r)
                      for i, r in zip(top.tolist(), rows)]
             self.best[g] = heapq.nsmallest(self.n, self.best.get(g, []) + cands, key=lambda c: c[:3])
 
@@ -456,15 +547,17 @@ class _OverlapAcc:
         self.matrix, self.only = m, np.append(self.only, 0)
         return k - 1
 
-    def add(self, tbl: pa.Table, drop_stage) -> None:
-        """``drop_stage``: string array, the stage that dropped each row (null when kept)."""
+    def add(self, tbl: pa.Table, stages: list[str], drop_stage: np.ndarray) -> None:
+        """``drop_stage``: each row's index into ``stages``, the stage that dropped it (-1 when kept)."""
         n = tbl.num_rows
-        for s in pc.unique(drop_stage).to_pylist():
-            if s is not None and s != READ_STAGE and s not in self.index:
+        dropped_by = np.unique(drop_stage[drop_stage >= 0])
+        for s in (stages[i] for i in dropped_by.tolist()):
+            if s != READ_STAGE and s not in self.index:
                 self._grow(s)
         fails = np.zeros((n, len(self.stages)), dtype=bool)
-        for s, j in self.index.items():
-            fails[:, j] = np.asarray(pc.fill_null(pc.equal(drop_stage, s), False).to_numpy(zero_copy_only=False))
+        axis = np.array([self.index.get(s, -1) for s in stages] + [-1], np.int64)[drop_stage]
+        marked = np.flatnonzero(axis >= 0)
+        fails[marked, axis[marked]] = True
         for j, col, thr, below in self.checks:
             if col in tbl.column_names:
                 v = _as_float(tbl.column(col))
@@ -474,11 +567,24 @@ class _OverlapAcc:
             lists = tbl.column(FAILED_STAGES).combine_chunks()
             if pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type):
                 self._mark_listed(fails, lists)
-        f = fails.astype(np.int64)
-        self.matrix += f.T @ f
-        per_row = fails.sum(axis=1)
-        self.only += fails[per_row == 1].sum(axis=0)
-        self.any_fail += int((per_row > 0).sum())
+        self._count(fails)
+
+    def _count(self, fails: np.ndarray) -> None:
+        """Add the rows' co-failures, counted per distinct set of failed stages: a file has a
+        handful of such patterns, so the k x k sums cost k² per pattern instead of per row."""
+        k = fails.shape[1]
+        if k > 62:          # patterns do not fit an int64: per row
+            bits, counts = fails.astype(np.int64), np.ones(len(fails), np.int64)
+        else:
+            code = np.zeros(len(fails), np.int64)
+            for j in range(k):
+                code |= fails[:, j].astype(np.int64) << j
+            patterns, counts = np.unique(code, return_counts=True)
+            bits = (patterns[:, None] >> np.arange(k)) & 1
+        self.matrix += (bits * counts[:, None]).T @ bits
+        per_pattern = bits.sum(axis=1)
+        self.only += (bits * counts[:, None])[per_pattern == 1].sum(axis=0)
+        self.any_fail += int(counts[per_pattern > 0].sum())
 
     def _mark_listed(self, fails: np.ndarray, lists) -> None:
         """``fails[row, stage] = True`` for every stage a row's failed_stages list names (known
@@ -540,9 +646,53 @@ def _stage_order(meta: dict, seen_stages: set[str]) -> list[tuple[str, str]]:
     return order
 
 
-def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
-    """Read ``output_dir`` (decisions + report.json) into a :class:`ReportData`."""
+def scan(output_dir: str, samples_per_group: int = 8, folded: Folded | None = None) -> ReportData:
+    """Read ``output_dir`` (decisions + report.json) into a :class:`ReportData`.
+
+    ``folded``: the decisions already read by :func:`fold_decisions` (finalize does that while it
+    counts the decisions for report.json); used only if it was folded with what this report.json
+    says about thresholds and stages, else the decisions are read again.
+    """
     meta, warnings = load_meta(output_dir)
+    if folded is None or folded.basis != _fold_basis(meta) or folded.samples.n != samples_per_group:
+        folded = fold_decisions(output_dir, meta, samples_per_group)
+    return _finish(folded, meta, warnings)
+
+
+class Folded(NamedTuple):
+    """Everything the report counts in one pass over the decisions files (:func:`fold_decisions`)."""
+    basis: tuple
+    output_dir: str
+    paths: list
+    schema: dict
+    total: int
+    kept: int
+    copies: int
+    stage_drops: Counter
+    reasons: Counter
+    added_back: Counter
+    shard_counts: dict
+    edges: dict
+    hist_kept: dict
+    hist_drop: dict
+    hist_missing: Counter
+    thr_by_col: dict
+    cluster_acc: dict
+    overlap: Any
+    samples: Any
+
+
+def _fold_basis(meta: dict) -> tuple:
+    """What a fold reads from report.json: the thresholds drawn (fixed cuts included) and the stages."""
+    thresholds = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
+    return (json.dumps({**_fixed_cuts(meta), **thresholds}, sort_keys=True),
+            tuple(_stage_order(meta, set())))
+
+
+def fold_decisions(output_dir: str, meta: dict, samples_per_group: int = 8) -> Folded:
+    """One pass over ``output_dir``'s decisions files: counts, histograms, clusters, co-failures and
+    sample rows. ``meta``: report.json's content, or what finalize is about to write there (only
+    its recipe, thresholds and funnel stages are read: :func:`_fold_basis`)."""
     paths = OutputLayout(output_dir).decision_files()
     if not paths:
         raise UserError(f"no decisions/*.parquet under {output_dir}: run `beam-filter select` first")
@@ -581,13 +731,13 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
     shard_counts: dict[str, list[int]] = {}
 
     def read(item):
-        """One file's columns, and its uid digests when thumbnails are drawn: both in the
+        """One file's columns, and its uid hashes when sample rows are shown: both in the
         read-ahead thread, overlapping the Arrow work on the previous file."""
         path, file_cols = item
         tbl = tables.read_table(path, sorted(file_cols & wanted))
-        return tbl, (_uid_digests(tbl.column(R.UID)) if samples.n > 0 and tbl.num_rows else None)
+        return tbl, (uid_hashes(tbl.column(R.UID)) if samples.n > 0 and tbl.num_rows else None)
 
-    for (path, file_cols), (tbl, digests) in read_ahead(list(zip(paths, ft.columns)), read):
+    for (path, file_cols), (tbl, hashes) in read_ahead(list(zip(paths, ft.columns)), read):
         cols = sorted(file_cols & wanted)
         n = tbl.num_rows
         if n == 0:
@@ -595,34 +745,28 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
         kept = np.asarray(pc.fill_null(tbl.column(R.KEPT), False).to_numpy(zero_copy_only=False), bool)
         copies = (np.asarray(pc.fill_null(tbl.column(R.COPIES), 0).to_numpy(zero_copy_only=False), np.int64)
                   if R.COPIES in cols else kept.astype(np.int64))
-        stage = _string_column(tbl, R.STAGE)
-        reason = _string_column(tbl, R.REASON)
-        shard = tbl.column(R.SHARD) if R.SHARD in cols else pa.array([path] * n, pa.string())
         total += n
         kept_n += int(kept.sum())
         copies_n += int(copies[kept].sum())
-        kept_pa = pa.array(kept)
-        stage_or_unknown = pc.fill_null(stage, "unknown")
-        drop_stage = pc.if_else(kept_pa, pa.scalar(None, pa.string()), stage_or_unknown)
-        # reason class: the prefix before ":"; a dropped row without a reason is named by its stage
-        rclass = pc.coalesce(pc.replace_substring_regex(reason, pattern=":.*$", replacement=""),
-                             pc.binary_join_element_wise("dropped_by_", stage_or_unknown, ""))
-        groups = pc.if_else(kept_pa, KEPT_GROUP, rclass)
-        drops = pa.table({"r": rclass, "s": drop_stage}).filter(pc.invert(kept_pa))
-        # added back (addback.py): dropped at `stage` in the funnel, then added by the section
-        added = pc.and_(kept_pa, pc.fill_null(pc.starts_with(reason, ADDED_BACK_PREFIX), False))
-        for rec in pa.table({"r": reason, "s": stage_or_unknown}).filter(added).group_by(["r", "s"]).aggregate(
-                [("r", "count")]).to_pylist():
-            added_back[rec["r"][len(ADDED_BACK_PREFIX):]] += rec["r_count"]
-            stage_drops[rec["s"]] += rec["r_count"]
-        for rec in drops.group_by(["r", "s"]).aggregate([("r", "count")]).to_pylist():
-            stage_drops[rec["s"]] += rec["r_count"]
-            reasons[(rec["r"], rec["s"])] += rec["r_count"]
-        per_shard = pa.table({"shard": pc.cast(shard, pa.string()), "k": pa.array(kept.astype(np.int64))})
-        for rec in per_shard.group_by("shard").aggregate([("k", "sum"), ("k", "count")]).to_pylist():
-            c = shard_counts.setdefault(rec["shard"], [0, 0])
-            c[0] += rec["k_sum"]
-            c[1] += rec["k_count"] - rec["k_sum"]
+        rows = _RowCodes(tbl, kept)
+        dropped = ~kept
+        # dropped rows by (reason class, stage); added-back rows (addback.py) by (reason, stage):
+        # dropped at `stage` in the funnel, then added by the section
+        for (cls, st), c in rows.pair_counts(rows.cls, dropped, rows.classes):
+            stage_drops[st] += c
+            reasons[(cls, st)] += c
+        added = kept & rows.per_reason([r is not None and r.startswith(ADDED_BACK_PREFIX) for r in rows.reasons], False)
+        for (reason, st), c in rows.pair_counts(rows.reason, added, rows.reasons):
+            added_back[reason[len(ADDED_BACK_PREFIX):]] += c
+            stage_drops[st] += c
+        names, shard_idx = (_dictionary(pc.cast(tbl.column(R.SHARD), pa.string())) if R.SHARD in cols
+                            else ([path], np.zeros(n, np.int64)))
+        rows_per = np.bincount(shard_idx, minlength=len(names))
+        kept_per = np.bincount(shard_idx[kept], minlength=len(names))
+        for i in np.flatnonzero(rows_per):
+            c = shard_counts.setdefault(names[i], [0, 0])
+            c[0] += int(kept_per[i])
+            c[1] += int(rows_per[i] - kept_per[i])
         for c, e in edges.items():
             if c not in cols:
                 hist_missing[c] += n
@@ -645,9 +789,22 @@ def scan(output_dir: str, samples_per_group: int = 8) -> ReportData:
             for name, stat_col in cluster_stats[c].items():
                 if stat_col in cols:
                     acc.add_stat(name, ids, _as_float(tbl.column(stat_col))[valid])
-        overlap.add(tbl, drop_stage)
-        samples.add(tbl, groups, hist_cols, digests)
+        overlap.add(tbl, rows.stages, np.where(dropped, rows.stage, -1))
+        samples.add(tbl, rows.groups(kept), hist_cols, hashes)
 
+    return Folded(_fold_basis(meta), output_dir, paths, schema, total, kept_n, copies_n, stage_drops, reasons,
+                  added_back, shard_counts, edges, hist_kept, hist_drop, hist_missing, thr_by_col, cluster_acc,
+                  overlap, samples)
+
+
+def _finish(f: Folded, meta: dict, warnings: list[str]) -> ReportData:
+    """The page's numbers from a fold, ordered and checked against report.json ``meta``."""
+    output_dir, paths, schema, total, kept_n, copies_n = f.output_dir, f.paths, f.schema, f.total, f.kept, f.copies
+    stage_drops, reasons, added_back, shard_counts = f.stage_drops, f.reasons, f.added_back, f.shard_counts
+    edges, hist_kept, hist_drop, hist_missing, thr_by_col = f.edges, f.hist_kept, f.hist_drop, f.hist_missing, \
+        f.thr_by_col
+    cluster_acc, overlap, samples = f.cluster_acc, f.overlap, f.samples
+    warnings = list(warnings)
     order = _stage_order(meta, set(stage_drops))
     funnel, n_in = [], total
     for sid, stype in order:

@@ -496,7 +496,7 @@ def _samples(data: ReportData, thumbs: dict) -> str:
                       f'<span class="pill">{_n(counts.get(g, 0))} samples</span></h3>'
                       f'<div class="grid">{cards}</div></div>')
     return ('<section id="samples"><h2>Samples</h2><p class="note">A deterministic sample per group: the rows '
-            "with the smallest sha256(uid), read back from their source shards. Hover a caption for the full "
+            "with the smallest 64-bit hash of their uid, read back from their source shards. Hover a caption for the full "
             "text.</p>" + "".join(blocks) + "</section>")
 
 

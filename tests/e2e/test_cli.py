@@ -78,3 +78,16 @@ def test_set_override_changes_the_rule(clean_pool, tmp_path, run_cli):
     assert rb["counts"]["kept"] > ra["counts"]["kept"]
     assert "image_too_small" not in rb["reasons"]
     assert ra["recipe"]["hash"] != rb["recipe"]["hash"]
+
+
+def test_console_exit_flushes_everything_and_keeps_the_code(capsys):
+    """`beam-filter` leaves through cli.entry (os._exit after atexit, no interpreter teardown):
+    all it printed arrives, and the exit code is main's."""
+    from beam_filter.cli import main
+
+    assert main(["recipes", "--show", "devil_details"]) == 0
+    in_process = capsys.readouterr().out
+    code, out, err = cli("recipes", "--show", "devil_details")
+    assert (code, err) == (0, "") and out == in_process and len(out) > 1000
+    code, out, err = cli("recipes", "--show", "no_such_preset")
+    assert code == 2 and err.startswith("beam-filter: error:") and err.count("\n") == 1

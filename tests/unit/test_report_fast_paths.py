@@ -1,11 +1,10 @@
 """The report scan's vectorised pieces give exactly what the plain definitions give: bin counts
-equal np.histogram, the smallest keys equal a stable argsort, uid digests equal hashlib per uid,
+equal np.histogram, the smallest keys equal a stable argsort, uid hashes equal their definition per uid (and do not depend on the batch),
 failed_stages marks and unknown stage counts equal a loop over the list entries, and
 read_ahead returns every read in order and raises at the file that failed."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import numpy as np
@@ -13,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from beam_filter.readahead import read_ahead
-from beam_filter.report.data import READ_STAGE, _bin_counts, _OverlapAcc, _smallest, _uid_digests
+from beam_filter.report.data import READ_STAGE, _bin_counts, _OverlapAcc, _smallest, uid_hashes
 
 
 def test_bin_counts_equal_numpy_histogram():
@@ -43,15 +42,38 @@ def test_smallest_equals_stable_argsort_with_ties():
             assert np.array_equal(_smallest(idx, keys, m), idx[np.argsort(keys, kind="stable")[:m]])
 
 
-def test_uid_digests_equal_hashlib_of_each_uid():
-    uids = ["%032x" % i for i in range(300)] + ["", "é", "ab"]
-    for col in (pa.chunked_array([uids[:100], uids[100:] + [None]]), pa.array(uids + [None], pa.large_string())):
-        got = _uid_digests(col)
-        assert got.shape == (len(uids) + 1, 32)
-        for row, uid in zip(got, uids + [None]):
-            assert row.tobytes() == hashlib.sha256(str(uid).encode("utf-8")).digest()
-    ints = _uid_digests(pa.chunked_array([pa.array([5, None], pa.int64())]))
-    assert ints[0].tobytes() == hashlib.sha256(b"5").digest() and ints[1].tobytes() == hashlib.sha256(b"None").digest()
+def _hash_one(text: str) -> int:
+    """uid_hashes' definition for one uid, byte by byte in plain Python."""
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & mask
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    raw = text.encode("utf-8")
+    h = mix(len(raw) ^ 0x9E3779B97F4A7C15)
+    for i in range(0, len(raw), 8):
+        h = mix(h ^ int.from_bytes(raw[i:i + 8].ljust(8, b"\0"), "little"))
+    return h
+
+
+def test_uid_hashes_equal_the_definition_for_each_uid_in_any_batch():
+    uids = ["%032x" % i for i in range(300)] + ["", "é", "ab", "x" * 8, "y" * 9, "a\0", "a", "long-" * 40]
+    want = [_hash_one(str(u)) for u in uids + [None]]
+    for col in (pa.chunked_array([uids[:100], uids[100:] + [None]]), pa.array(uids + [None], pa.large_string()),
+                pa.array(uids + [None]).slice(0), pa.chunked_array([pa.array(["pad"] + uids + [None]).slice(1)])):
+        got = uid_hashes(col)
+        assert got.dtype == np.uint64 and got.tolist() == want
+    # a uid's hash is its own: the same in a batch of equal-length uids as among longer ones
+    alone = uid_hashes(pa.array(["%032x" % i for i in range(5)]))
+    assert alone.tolist() == want[:5]
+    assert len(set(want)) == len(want)          # "a" and "a\0" differ: the length is hashed
+    ints = uid_hashes(pa.chunked_array([pa.array([5, None], pa.int64())]))
+    assert ints.tolist() == [_hash_one("5"), _hash_one("None")]
+    assert uid_hashes(pa.array([], pa.string())).size == 0
 
 
 def test_failed_stage_lists_mark_as_the_entry_loop_does():
