@@ -91,3 +91,16 @@ def test_console_exit_flushes_everything_and_keeps_the_code(capsys):
     assert (code, err) == (0, "") and out == in_process and len(out) > 1000
     code, out, err = cli("recipes", "--show", "no_such_preset")
     assert code == 2 and err.startswith("beam-filter: error:") and err.count("\n") == 1
+
+
+def test_console_exit_does_not_wait_on_an_idle_thread_pool(tmp_path):
+    """An executor left open by a command (its workers are non-daemon threads waiting for work)
+    is told to stop as at interpreter exit, instead of being joined forever."""
+    script = tmp_path / "idle_pool.py"
+    script.write_text("from concurrent.futures import ThreadPoolExecutor\n"
+                      "ThreadPoolExecutor(2).submit(int).result()\n"
+                      "import beam_filter.cli as cli\n"
+                      "cli.main = lambda argv=None: 3\n"
+                      "cli.entry()\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
