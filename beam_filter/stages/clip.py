@@ -5,7 +5,7 @@ columns ``{id}_score``, ``{id}_flipped_score``, ``{id}_image_embedding``,
 ``{id}_text_embedding`` (1-D float32: the pipeline stores them in embeddings/).
 An image that does not decode sets ``read_error=corrupt_image``.
 
-Select phase: keep ``score >= threshold`` (a fixed number), or the top ``fraction``
+Select phase (``score_cut.py``): keep ``score >= threshold`` (a fixed number), or the top ``fraction``
 of the rows still alive when the stage is reached, by DataComp's exact rank-n rule
 (``transforms/thresholds.ExactRankThreshold``; ties kept). ``filter_on:
 flipped_score`` filters on the score of the mirrored image instead ("The Devil is
@@ -30,7 +30,6 @@ weights -- ``ViT-L-14`` -> ``clip_l14_similarity_score`` (embeddings ``l14_img``
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -41,6 +40,7 @@ from beam_filter.records import READ_ERROR
 from beam_filter.columns import need
 from beam_filter.registry import Param, RankSpec, ScoredStage, register
 from beam_filter.rules.ocr import decode_boxes
+from beam_filter.stages.score_cut import ScoreCut, cut_params
 
 TEXT_BOXES = "text_boxes"     # written by the text_detect stage (stages/ocr.py)
 
@@ -59,14 +59,6 @@ def metadata_columns(model: str) -> tuple[str, str, str] | None:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return METADATA_COLUMNS.get(name)
-
-
-def _fraction_ok(v) -> bool:
-    return v is None or 0 < v <= 1
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 class ScoreGetter:
@@ -90,7 +82,7 @@ class ScoreGetter:
 
 
 @register
-class ClipStage(ScoredStage):
+class ClipStage(ScoreCut, ScoredStage):
     """CLIP image-text similarity (open_clip) and a fixed or top-fraction threshold on it."""
 
     name = "clip"
@@ -111,9 +103,8 @@ class ClipStage(ScoredStage):
         "share_across_processes": Param(bool, False, "one model per machine for all SDK processes"),
         "flip": Param(bool, True, "also score the mirrored image ({id}_flipped_score); false halves "
                       "the image-tower work"),
-        "threshold": Param(float, None, "keep rows with score >= this"),
-        "fraction": Param(float, None, "keep this top fraction of the alive rows (DataComp rank-n rule)",
-                          check=_fraction_ok, check_msg="must be in (0, 1]"),
+        **cut_params("keep rows with score >= this",
+                     "keep this top fraction of the alive rows (DataComp rank-n rule)"),
         "filter_on": Param(str, "score", "which score the threshold applies to",
                            choices=("score", "flipped_score", "masked_score")),
         "masked": Param(bool, False, "T-MARS: also score the image with the text_boxes of an earlier "
@@ -128,8 +119,7 @@ class ClipStage(ScoredStage):
     def __init__(self, stage_id: str, params: dict[str, Any]):
         super().__init__(stage_id, params)
         p = self.p
-        if p.threshold is not None and p.fraction is not None:
-            raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
+        self.check_cut()
         if p.filter_on == "flipped_score" and not p.flip:
             raise UserError(f"stage {stage_id!r}: filter_on=flipped_score needs flip=true")
         if p.filter_on == "masked_score" and not p.masked:
@@ -180,10 +170,7 @@ class ClipStage(ScoredStage):
         # masked: the text boxes of the same sample, from a text_detect stage earlier in the recipe.
         boxes = (need(TEXT_BOXES, what="text regions to mask, from a text_detect stage before this one"),) \
             if self.p.masked else ()
-        if self.p.threshold is None and self.p.fraction is None:
-            return boxes    # scores only: other stages read its columns
-        g = self.getter
-        return boxes + (need(g.column, g.fallback, what=f"the {self.p.filter_on} filtered on"),)
+        return boxes + self.cut_needs(f"the {self.p.filter_on} filtered on")   # () when it only scores
 
     # ---- score phase --------------------------------------------------------
     def model_handler(self):
@@ -223,46 +210,22 @@ class ClipStage(ScoredStage):
             cols[self.masked_column] = float(out["masked_score"])
         return cols
 
-    # ---- select phase ---------------------------------------------------------
-    def needs_global_info(self) -> bool:
-        return self.p.fraction is not None
+    # ---- select phase (score_cut.ScoreCut): its column, else DataComp's, as ScoreGetter picks it ----
+    @property
+    def cut_column(self) -> str:
+        return self.getter.column
 
-    def rank_spec(self) -> RankSpec | None:
-        if self.p.fraction is None:
-            return None
+    def cut_value(self, row: dict):
+        return self.getter(row)
+
+    def cut_columns(self) -> tuple[str, ...]:
+        g = self.getter
+        return tuple(c for c in (g.column, g.fallback) if c)
+
+    def cut_ranked(self, fraction: float) -> RankSpec:
         g = self.getter
         label = g.column if g.fallback is None else f"{g.column} (metadata rows: {g.fallback})"
-        return RankSpec(g, self.p.fraction, label, tuple(c for c in (g.column, g.fallback) if c))
-
-    def threshold_of(self, info) -> float | None:
-        if self.p.fraction is not None:
-            return None if info is None else info.threshold
-        return self.p.threshold
-
-    def reason(self, row: dict, info: Any = None) -> str | None:
-        if self.p.threshold is None and self.p.fraction is None:
-            return None
-        value = self.getter(row)
-        threshold = self.threshold_of(info)
-        if _missing(value) or threshold is None or float(value) < threshold:
-            return self.below
-        return None
-
-    def reason_array(self, part, alive, info: Any = None):
-        out = np.full(part.n, None, dtype=object)
-        if self.p.threshold is None and self.p.fraction is None:
-            return out
-        g = self.getter         # its column, else DataComp's, as ScoreGetter picks it per row
-        column = next((c for c in (g.column, g.fallback) if c is not None and part.has(c)), None)
-        values = None if column is None else part.floats(column)
-        if values is None:
-            return None         # no such column, or not numbers: the row path says so in one line
-        threshold = self.threshold_of(info)
-        if threshold is None:
-            out[:] = self.below
-        else:
-            out[~(values >= threshold)] = self.below      # NaN (a missing score) fails too
-        return out
+        return RankSpec(g, fraction, label, self.cut_columns())
 
     # ---- offline smoke tests ------------------------------------------------------
     @classmethod
@@ -289,8 +252,4 @@ class ClipStage(ScoredStage):
         meta = metadata_columns(p.model) if p.pretrained == "openai" else None
         if meta:
             out["metadata_fallback"] = {"score": meta[0], "image_embedding": meta[1], "text_embedding": meta[2]}
-        if p.threshold is not None:
-            out["threshold_applied"] = p.threshold
-        elif p.fraction is not None:
-            out["threshold_applied"] = f"rank-n over alive rows: see thresholds/{self.id}.json"
-        return out
+        return self.cut_provenance(out)

@@ -19,6 +19,7 @@ from beam_filter.records import READ_ERROR
 from beam_filter.process_cache import once_per_process
 from beam_filter.columns import need
 from beam_filter.registry import GroupStage, Param, RuleStage, register
+from beam_filter.stages.score_cut import fraction_ok
 
 DEFAULT_EMBEDDING = "clip_image_embedding"
 PHASH = "phash"
@@ -195,7 +196,7 @@ class ClusterImportanceStage(GroupStage):
         "target": Param(str, None, "a (n, d) float .npy of target embeddings (e.g. ImageNet image "
                         "features); needed when the stage runs"),
         "fraction": Param(float, 0.5, "keep this fraction of the alive rows (in expectation)",
-                          check=lambda v: v is None or 0 < v <= 1, check_msg="must be in (0, 1]"),
+                          check=fraction_ok, check_msg="must be in (0, 1]"),
         "size": Param(int, None, "keep this many rows instead of a fraction", check=_pos,
                       check_msg="must be > 0"),
         "alpha": Param(float, 0.0, "add-alpha smoothing of target counts per cluster",

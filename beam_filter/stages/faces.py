@@ -20,12 +20,9 @@ from beam_filter.errors import UserError
 from beam_filter.records import READ_ERROR
 from beam_filter.registry import Param, ScoredStage, register
 from beam_filter.rules import faces
+from beam_filter.stages.score_cut import unit_ok
 
 METADATA_BOXES = "face_bboxes"       # DataComp metadata column (REFERENCE.md)
-
-
-def _fraction(v) -> bool:
-    return v is None or 0 <= v <= 1
 
 
 @register
@@ -44,14 +41,14 @@ class FaceArea(ScoredStage):
         "min_neighbors": Param(int, 5, "haar: detections needed to confirm a face (OpenCV's default 3 "
                                "fires more on textures)", check=lambda v: v >= 0, check_msg="must be >= 0"),
         "score_threshold": Param(float, 0.5, "onnx: face score cut (insightface's default)",
-                                 check=_fraction, check_msg="must be in [0, 1]"),
+                                 check=unit_ok, check_msg="must be in [0, 1]"),
         "device": Param(str, "cpu", "onnx: cpu or cuda (onnxruntime provider)"),
         "batch_size": Param(int, 32, "images per detector call", check=lambda v: v >= 1,
                             check_msg="must be >= 1"),
         "max_largest_fraction": Param(float, None, "drop when the largest face covers MORE than this "
-                                      "fraction of the image", check=_fraction, check_msg="must be in [0, 1]"),
+                                      "fraction of the image", check=unit_ok, check_msg="must be in [0, 1]"),
         "max_total_fraction": Param(float, None, "drop when all faces together (union) cover MORE than this",
-                                    check=_fraction, check_msg="must be in [0, 1]"),
+                                    check=unit_ok, check_msg="must be in [0, 1]"),
     }
     score_params = ("detector", "max_side", "min_face", "min_neighbors", "score_threshold")
 

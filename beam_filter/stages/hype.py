@@ -18,16 +18,15 @@ Weights and the reference set are released on the authors' page, not on a model 
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import numpy as np
 
-from beam_filter.columns import need
 from beam_filter.errors import UserError
 from beam_filter.records import READ_ERROR
-from beam_filter.registry import Param, RankSpec, ScoredStage, register
+from beam_filter.registry import Param, ScoredStage, register
+from beam_filter.stages.score_cut import ScoreCut, cut_params
 
 TINY_DIR = "hype_tiny"
 _FILTER_ON = {"score": "score", "image_specificity": "image_specificity_score",
@@ -35,7 +34,7 @@ _FILTER_ON = {"score": "score", "image_specificity": "image_specificity_score",
 
 
 @register
-class HypeStage(ScoredStage):
+class HypeStage(ScoreCut, ScoredStage):
     """HYPE (Kim et al., ECCV 2024): Lorentz distance and image/text specificity from a hyperbolic CLIP."""
 
     name = "hype"
@@ -53,9 +52,8 @@ class HypeStage(ScoredStage):
         "draft": Param(bool, False, "reduced-size JPEG decoding (models/image_prep.py)"),
         "decode": Param(str, "cpu", "JPEG decoding on cpu or gpu (nvJPEG)", choices=("cpu", "gpu")),
         "share_across_processes": Param(bool, False, "one model per machine for all SDK processes"),
-        "threshold": Param(float, None, "keep rows whose filter_on column is >= this"),
-        "fraction": Param(float, None, "keep this top fraction by filter_on (DataComp rank-n rule)",
-                          check=lambda v: v is None or 0 < v <= 1, check_msg="must be in (0, 1]"),
+        **cut_params("keep rows whose filter_on column is >= this",
+                     "keep this top fraction by filter_on (DataComp rank-n rule)"),
         "filter_on": Param(str, "score", "column the threshold/fraction applies to",
                            choices=tuple(_FILTER_ON)),
     }
@@ -64,14 +62,13 @@ class HypeStage(ScoredStage):
     def __init__(self, stage_id: str, params: dict[str, Any]):
         super().__init__(stage_id, params)
         p = self.p
-        if p.threshold is not None and p.fraction is not None:
-            raise UserError(f"stage {stage_id!r}: give threshold or fraction, not both")
+        self.check_cut()
         self.score_column = f"{stage_id}_score"
         self.image_spec_column = f"{stage_id}_image_specificity_score"
         self.text_spec_column = f"{stage_id}_text_specificity_score"
         self.image_column = f"{stage_id}_image_embedding"
         self.text_column = f"{stage_id}_text_embedding"
-        self.filter_column = f"{stage_id}_{_FILTER_ON[p.filter_on]}"
+        self.filter_column = self.cut_column = f"{stage_id}_{_FILTER_ON[p.filter_on]}"
         self.below = f"{stage_id}_{p.filter_on}_below_threshold"
 
     def check_weights(self) -> None:
@@ -93,9 +90,7 @@ class HypeStage(ScoredStage):
                 self.image_column, self.text_column)
 
     def needs(self):
-        if self.p.threshold is None and self.p.fraction is None:
-            return ()
-        return (need(self.filter_column, what=f"the HYPE {self.p.filter_on} filtered on"),)
+        return self.cut_needs(f"the HYPE {self.p.filter_on} filtered on")
 
     # ---- score phase --------------------------------------------------------
     def model_handler(self):
@@ -123,25 +118,6 @@ class HypeStage(ScoredStage):
                 self.image_column: np.asarray(out["image_embedding"], dtype=np.float32).ravel(),
                 self.text_column: np.asarray(out["text_embedding"], dtype=np.float32).ravel()}
 
-    # ---- select phase ---------------------------------------------------------
-    def needs_global_info(self) -> bool:
-        return self.p.fraction is not None
-
-    def rank_spec(self) -> RankSpec | None:
-        if self.p.fraction is None:
-            return None
-        return RankSpec(self.filter_column, self.p.fraction, self.filter_column)
-
-    def reason(self, row: dict, info: Any = None) -> str | None:
-        if self.p.threshold is None and self.p.fraction is None:
-            return None
-        value = row.get(self.filter_column)
-        threshold = self.p.threshold if self.p.fraction is None else (None if info is None else info.threshold)
-        if value is None or (isinstance(value, float) and math.isnan(value)) or threshold is None \
-                or float(value) < threshold:
-            return self.below
-        return None
-
     # ---- offline smoke tests ------------------------------------------------------
     @classmethod
     def write_test_model(cls, directory: str) -> bool:
@@ -164,8 +140,4 @@ class HypeStage(ScoredStage):
                "reference": p.reference,
                "columns": [self.score_column, self.image_spec_column, self.text_spec_column,
                            self.image_column, self.text_column]}
-        if p.threshold is not None:
-            out["threshold_applied"] = p.threshold
-        elif p.fraction is not None:
-            out["threshold_applied"] = f"rank-n over alive rows: see thresholds/{self.id}.json"
-        return out
+        return self.cut_provenance(out)

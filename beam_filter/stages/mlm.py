@@ -26,13 +26,10 @@ from beam_filter.models import mlm_prompts as P
 from beam_filter.columns import need
 from beam_filter.registry import Param, RankSpec, ScoredStage, register
 from beam_filter.rules.mlm import rank_reason, threshold_reason
+from beam_filter.stages.score_cut import fraction_ok
 
 DEFAULT_MODEL = "weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o"
 TINY_DIR = "mlm_filter_tiny"
-
-
-def _fraction(v) -> bool:
-    return v is None or 0 < v <= 1
 
 
 @register
@@ -49,7 +46,7 @@ class MLMFilter(ScoredStage):
         "metric": Param(str, None, "the one metric filtered by threshold or fraction"),
         "threshold": Param((int, float), None, "keep when metric score >= this"),
         "fraction": Param(float, None, "keep this top fraction of the pool by metric (rank-n rule)",
-                          check=_fraction, check_msg="must be in (0, 1]"),
+                          check=fraction_ok, check_msg="must be in (0, 1]"),
         "seed": Param(int, 0, "seed of the tie-break at the fraction's threshold"),
         "backend": Param(str, "transformers", "inference engine", choices=("transformers", "vllm")),
         "model": Param(str, DEFAULT_MODEL, "hub id, local directory or gs:// directory of the checkpoint"),

@@ -36,6 +36,7 @@ from beam_filter.columns import need
 from beam_filter.records import CAPTION, READ_ERROR
 from beam_filter.registry import Param, RuleStage, ScoredStage, register
 from beam_filter.rules import ocr
+from beam_filter.stages.score_cut import unit_ok
 
 TEXT_BOXES = "text_boxes"
 TEXT_AREA_FRACTION = "text_area_fraction"
@@ -43,10 +44,6 @@ TEXT_BOX_COUNT = "text_box_count"
 TEXT_CANDIDATE_COUNT = "text_candidate_count"
 OCR_TEXT = "ocr_text"
 FAST_TINY_DIR = "fast_tiny"
-
-
-def _unit(v) -> bool:
-    return v is None or 0 <= v <= 1
 
 
 @register
@@ -68,12 +65,12 @@ class TextDetectStage(ScoredStage):
                           check=lambda v: v is None or (v >= 32 and v % 32 == 0),
                           check_msg="must be a multiple of 32"),
         "det_min_score": Param(float, None, "detector box score threshold; default: 0.5 for ppocr "
-                               "(rapidocr), 0.85 for fast (T-MARS)", check=_unit, check_msg="must be in [0, 1]"),
+                               "(rapidocr), 0.85 for fast (T-MARS)", check=unit_ok, check_msg="must be in [0, 1]"),
         "min_area": Param(float, None, "smallest box area kept, px^2; default 0 for ppocr (original frame), "
                           "200 for fast (512 frame, T-MARS)", check=lambda v: v is None or v >= 0,
                           check_msg="must be >= 0"),
         "confirm": Param(bool, True, "count a box only when the recogniser reads text in it"),
-        "rec_min_score": Param(float, 0.5, "recogniser confidence that confirms a box", check=_unit,
+        "rec_min_score": Param(float, 0.5, "recogniser confidence that confirms a box", check=unit_ok,
                                check_msg="must be in [0, 1]"),
         "rec_min_chars": Param(int, 2, "letters/digits the recogniser must read to confirm a box",
                                check=lambda v: v >= 0, check_msg="must be >= 0"),
@@ -188,7 +185,7 @@ class TextAreaStage(RuleStage):
     description = "drop when detected text covers more than max_fraction of the image (needs text_detect)"
     params = {
         "max_fraction": Param(float, None, "drop when text_area_fraction > this", required=True,
-                              check=_unit, check_msg="must be in [0, 1]"),
+                              check=unit_ok, check_msg="must be in [0, 1]"),
     }
 
     def needs(self):
