@@ -182,10 +182,11 @@ def cmd_pipeline(args, extra: list[str]) -> int:
         job.sources = mix.describe() if mix.named else None
     prepend = [mix.stage_entry()] if mix is not None and mix.named else []
     if command == "select" and getattr(args, "scores", None):   # scores of named inputs: their sources stage
-        from beam_filter.recipe import load_recipe
+        from beam_filter.recipe import load_raw_recipe
         from beam_filter.sources import recorded_mix
 
-        entry, job.sources = recorded_mix(args.scores, load_recipe(args.recipe).raw.get("stages"))
+        raw = load_raw_recipe(args.recipe)
+        entry, job.sources = recorded_mix(args.scores, raw.get("stages") if isinstance(raw, dict) else None)
         prepend = [entry] if entry else []
     if command in ("run", "score", "select"):
         overrides = list(args.set or [])
@@ -501,12 +502,14 @@ def _check_model_weights(recipe) -> None:
 
 def _load_recipe(spec: str, overrides: list[str], test_models: str | None, prepend=()):
     """``prepend``: recipe entries put before the recipe's stages (the ``sources`` stage of named inputs)."""
-    from beam_filter.recipe import load_recipe, parse_recipe
+    from beam_filter.recipe import load_raw_recipe, load_recipe, parse_recipe
 
     def load(ov):
         if not prepend:
             return load_recipe(spec, ov)
-        raw = load_recipe(spec).raw
+        raw = load_raw_recipe(spec)
+        if not isinstance(raw, dict):
+            return load_recipe(spec, ov)            # parse_recipe's own one-line error
         return parse_recipe({**raw, "stages": list(prepend) + list(raw.get("stages") or [])},
                             source=spec, overrides=ov)
 

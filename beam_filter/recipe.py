@@ -159,6 +159,13 @@ def list_presets() -> list[str]:
 
 def load_recipe(spec: str, overrides: list[str] | tuple = ()) -> Recipe:
     """Load a preset name or a YAML file path and apply ``--set`` overrides."""
+    return parse_recipe(load_raw_recipe(spec), source=spec, overrides=overrides)
+
+
+def load_raw_recipe(spec: str) -> Any:
+    """A preset's or YAML file's content as written, before any stage is built: what a caller
+    edits before :func:`parse_recipe` (a stage put first), for a recipe whose stages need ``--set``
+    values to build (hype's centroids)."""
     if os.path.isfile(spec):
         path = spec
     elif os.path.isfile(os.path.join(PRESETS_DIR, f"{spec}.yaml")):
@@ -170,7 +177,7 @@ def load_recipe(spec: str, overrides: list[str] | tuple = ()) -> Recipe:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_recipe(raw, source=spec, overrides=overrides)
+    return raw
 
 
 def parse_recipe(raw: Any, source: str = "<recipe>", overrides=()) -> Recipe:

@@ -104,3 +104,19 @@ def test_console_exit_does_not_wait_on_an_idle_thread_pool(tmp_path):
                       "cli.entry()\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
+
+
+def test_select_scores_with_a_recipe_whose_stage_needs_a_set_value(pool, run_cli, tmp_path):
+    """select --scores reads the recipe's stages before building them (for the score run's sources):
+    a stage that builds only with a --set value (uid_subset's path) must not fail there."""
+    import numpy as np
+
+    pool_dir, _ = pool
+    scores, first, second = (str(tmp_path / d) for d in ("scores", "first", "second"))
+    assert run_cli("score", "--recipe", "quickstart", "--input", f"{pool_dir}/*.tar", "--output", scores) == 0
+    assert run_cli("select", "--recipe", "quickstart", "--scores", scores, "--output", first) == 0
+    recipe = tmp_path / "subset.yaml"
+    recipe.write_text("name: subset\nstages:\n  - uid_subset: {}\n")
+    assert run_cli("select", "--recipe", recipe, "--scores", scores, "--output", second,
+                   "--set", f"uid_subset.path={first}/uids.npy") == 0
+    assert np.array_equal(np.load(f"{first}/uids.npy"), np.load(f"{second}/uids.npy"))
