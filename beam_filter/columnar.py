@@ -438,9 +438,10 @@ def _failed_stages(failed: list, idx: np.ndarray):
 
 
 def select_part_columnar(part, select_stages, layout, metadata: dict, embeddings: tuple = (),
-                         infos: dict | None = None):
+                         infos: dict | None = None, with_kept: bool = True):
     """``shard_work.select_part`` without rows: the same decisions file, ShardKept and counts,
-    or None when this part or recipe is not columnar-capable (the caller builds rows)."""
+    or None when this part or recipe is not columnar-capable (the caller builds rows).
+    ``with_kept`` False: no kept list (a Python tuple per kept row) is built."""
     if not enabled():
         return None
     view = load_part(part, embeddings)
@@ -459,10 +460,15 @@ def select_part_columnar(part, select_stages, layout, metadata: dict, embeddings
         return ShardResult(None, [], Counter({"rows_read": 0}), {})
     kept = d.alive.copy()           # no reason; else added back or of an unfiltered source (finish_decision)
     dropped = np.flatnonzero(~kept)
-    kept[dropped] = [is_added_back(r) or is_unfiltered(r) for r in d.reason[dropped]]
+    if dropped.size:                # asked once per distinct reason, not per row
+        keeps = {r: is_added_back(r) or is_unfiltered(r) for r in set(d.reason[dropped].tolist())}
+        if any(keeps.values()):
+            kept[dropped] = [keeps[r] for r in d.reason[dropped].tolist()]
     copies = np.where(kept, d.copies, 0)
     table, idx = _decisions_table(view, d, kept, copies)
     write_table(layout.decisions(view.path), table, metadata)
+    if not with_kept:
+        return ShardResult(None, [], _counts(kept, d.reason), {})
     where = np.flatnonzero(kept[idx])          # kept rows, in key order
     take = table.column(R.KEY).take(where), table.column(R.UID).take(where)
     entries = tuple(zip(take[0].to_pylist(), take[1].to_pylist(), copies[idx][where].tolist()))
@@ -482,6 +488,18 @@ def _counts(kept: np.ndarray, reasons: np.ndarray) -> Counter:
     counts = Counter({"rows_read": len(kept)})
     counts.update(dict(zip(encoded.dictionary.to_pylist(), tally.tolist())))
     return counts
+
+
+def alive_columnar(part, select_stages, index: int, embeddings: tuple = (), infos: dict | None = None):
+    """(the part's columns, bool mask of the rows alive when ``select_stages[index]`` is reached): what
+    a summary-staged stage's by-part passes read (shard_work.part_summary). None: not columnar here."""
+    if not enabled():
+        return None
+    view = load_part(part, embeddings)
+    if view is None:
+        return None
+    d = _decide(view, select_stages[:index], infos)
+    return None if d is None else (view, d.alive)
 
 
 def rank_keys_columnar(part, select_stages, rank_index: int, embeddings: tuple = (), infos: dict | None = None):

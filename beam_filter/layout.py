@@ -5,6 +5,7 @@
     scores/<stem>.parquet      embeddings/<stem>.npz      decisions/<stem>.parquet
     file_errors/<stem>.json    thresholds/<stage id>.json
     verdicts/<stage id>@<stem>.parquet   (a group stage's verdicts, by part; removed when the job ends)
+    work_rows/<stem>.parquet, <stem>.npz (`run`'s scored rows, float32 embeddings; removed when the job ends)
     uids.npy   report.json   report.html   report_<plot>.png
     shards/{:08d}.tar   shards/{:08d}_stats.json   shards/meta.json
     .beam_filter_output (marker)   .beam_filter.lock
@@ -25,6 +26,7 @@ from beam_filter import fsio
 SCORES, EMBEDDINGS, DECISIONS = "scores", "embeddings", "decisions"
 THRESHOLDS, FILE_ERRORS, SHARDS = "thresholds", "file_errors", "shards"
 VERDICTS = "verdicts"                     # work area of the by-part select (verdict_files.py)
+WORK_ROWS = "work_rows"                   # work area of `run`: scored rows before the select (pipeline.py)
 UIDS = "uids.npy"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 REPORT_PNGS = "report_*.png"
@@ -39,7 +41,7 @@ SHARD_TARS, SHARD_STATS = "*.tar", "*_stats.json"
 OUTPUT_FILES: dict[str, tuple[str, ...]] = {
     "": (UIDS, REPORT_JSON, REPORT_HTML, REPORT_PNGS),
     SCORES: (PARQUET,), EMBEDDINGS: (NPZ,), DECISIONS: (PARQUET,),
-    THRESHOLDS: (JSON,), FILE_ERRORS: (JSON,), VERDICTS: (PARQUET,),
+    THRESHOLDS: (JSON,), FILE_ERRORS: (JSON,), VERDICTS: (PARQUET,), WORK_ROWS: (PARQUET, NPZ),
     SHARDS: (SHARD_TARS, SHARD_STATS, SHARDS_META),
 }
 # What --resume keeps (the expensive part); everything derived from scores is recomputed.
@@ -66,8 +68,16 @@ def shard_stem(shard: str) -> str:
 def embeddings_beside(scores_file: str) -> str:
     """``<output>/scores/<stem>.parquet`` -> ``<output>/embeddings/<stem>.npz``: where a score
     run put the embeddings of that file (select --scores reads both)."""
+    if is_work_rows(scores_file):           # a work rows file of `run`: its npz lies beside it
+        return scores_file[: -len(".parquet")] + ".npz"
     root = os.path.dirname(os.path.dirname(scores_file))     # "/"-separated for gs:// too (POSIX)
     return OutputLayout(root).embeddings(scores_file)
+
+
+def is_work_rows(path: str) -> bool:
+    """Whether ``path`` is a work rows file (``<output>/work_rows/<stem>.parquet``, see
+    :meth:`OutputLayout.work_rows`): the scored rows of a `run` waiting for its select."""
+    return os.path.basename(os.path.dirname(str(path).rstrip("/"))) == WORK_ROWS
 
 
 def shard_name(index: int) -> str:
@@ -146,6 +156,10 @@ class OutputLayout:
     def verdicts_dir(self) -> str:
         return self._path(VERDICTS)
 
+    @property
+    def work_rows_dir(self) -> str:
+        return self._path(WORK_ROWS)
+
     # ---- per source shard
     def scores(self, shard: str) -> str:
         return self._path(SCORES, shard_stem(shard) + ".parquet")
@@ -155,6 +169,14 @@ class OutputLayout:
 
     def decisions(self, shard: str) -> str:
         return self._path(DECISIONS, shard_stem(shard) + ".parquet")
+
+    def work_rows(self, shard: str) -> str:
+        """The scored rows of ``shard`` as `run` holds them before a select that needs them whole
+        (float32 embeddings in :meth:`work_embeddings`, no verdict columns yet); pipeline.py."""
+        return self._path(WORK_ROWS, shard_stem(shard) + ".parquet")
+
+    def work_embeddings(self, shard: str) -> str:
+        return self._path(WORK_ROWS, shard_stem(shard) + ".npz")
 
     def file_error(self, shard: str) -> str:
         return self._path(FILE_ERRORS, shard_stem(shard) + ".json")
@@ -213,6 +235,10 @@ class OutputLayout:
 
     def verdict_files(self) -> list[str]:
         return fsio.list_files(self.verdicts_dir, PARQUET)
+
+    def work_rows_files(self) -> list[str]:
+        """Every work file (parquet and npz) of ``work_rows/``."""
+        return sorted(fsio.list_files(self.work_rows_dir, PARQUET) + fsio.list_files(self.work_rows_dir, NPZ))
 
     def shard_stats_files(self) -> list[str]:
         return fsio.list_files(self.shards_dir, SHARD_STATS)

@@ -224,17 +224,19 @@ def _delete(output: str, entries: list[str]) -> None:
 
 def remove_work_files(output: str) -> None:
     """Delete the job's work files once it is over: the by-part select's verdict files
-    (``layout.VERDICTS``, transforms/group_parts.py), which only its own later passes read.
+    (``layout.VERDICTS``, transforms/group_parts.py), which only its own later passes read, and
+    `run`'s scored rows waiting for the select (``layout.WORK_ROWS``, pipeline._score_models_by_shard).
     Ours by name; a killed run's leftovers are removed the same way by --overwrite/--resume."""
-    found = layout.OutputLayout(output).verdict_files
-    paths = remote_call(found, output, "cannot list the work files")
-    if paths:
-        remote_call(lambda: fsio.delete(*paths), output, "cannot delete the work files")
-    if not is_remote(output):
-        try:
-            os.rmdir(layout.OutputLayout(output).verdicts_dir)
-        except OSError:
-            pass            # never made, or not empty (a file we did not write: left alone)
+    out = layout.OutputLayout(output)
+    for found, directory in ((out.verdict_files, out.verdicts_dir), (out.work_rows_files, out.work_rows_dir)):
+        paths = remote_call(found, output, "cannot list the work files")
+        if paths:
+            remote_call(lambda: fsio.delete(*paths), output, "cannot delete the work files")
+        if not is_remote(output):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass            # never made, or not empty (a file we did not write: left alone)
 
 
 def write_marker(output: str, kind: str, command: str) -> None:

@@ -168,30 +168,41 @@ def _score_models_by_shard(p, job: Job, layout: OutputLayout, feature_stages, me
     batch of image bytes plus one shard's rows instead of the whole pool (RunInference on the
     in-memory runner materialises every sample with its bytes). `run` then decides in the
     same worker when the recipe is all per-row rules, or by parts over the scores files just
-    written when it is rank-staged or has group stages (selection.can_select_by_parts) that
-    fit (:func:`_run_by_parts_fits`). Otherwise returns with
+    written when it is rank-staged or has group stages (selection.can_select_by_parts).
+    When a group stage does not fit the scores files (:func:`_run_by_parts_fits`: it clusters the
+    float32 embeddings, or adds verdict columns that the general graph's scores files carry), the
+    shards' rows go to work files instead (layout.work_rows: float32 embeddings, no verdict
+    columns yet) and the by-part select writes the scores files with the decisions
+    (shard_work.select_part), the bytes of the general graph; shards resumed from valid scores
+    files are read from those, as the general graph reads them. Otherwise returns with
     ``job.execution`` unset and the general graph runs. Dataflow keeps RunInference."""
     from beam_filter.transforms.fused import FusedModelShardFn
 
     recipe = job.recipe
     scoring_only = job.command == "score"
     decide_here = not scoring_only and all(is_local(s) for s in recipe.stages)
-    by_parts = (not scoring_only and not decide_here and can_select_by_parts(recipe.stages)
-                and all(_run_by_parts_fits(s) for s in recipe.stages))
+    by_parts = not scoring_only and not decide_here and can_select_by_parts(recipe.stages)
     if not (scoring_only or decide_here or by_parts):
         return None
+    work = by_parts and _run_needs_work_rows(recipe)
     out = (p | "ListShards" >> beam.Create(job.shards)
            | "SpreadShards" >> beam.Reshuffle()
            | "ScoreShards" >> beam.ParDo(FusedModelShardFn(
                feature_stages, recipe.stages if decide_here else None, recipe.model_stages(), layout, meta,
-               resumed)).with_outputs(FILE_ERRORS, main="kept"))
+               resumed, work=work)).with_outputs(FILE_ERRORS, main="kept"))
     out[FILE_ERRORS] | "FileErrors" >> WriteFileErrors(layout)
     if not by_parts:
         job.execution = "by_shard"
         return None if scoring_only else out["kept"]
     job.execution = "by_shard, then by_part"
-    return _select_by_parts(p, job, layout, [layout.scores(s) for s in job.shards], [],
-                            after=out["kept"], emit_kept=True)
+    parts = [layout.work_rows(s) if work and s not in resumed else layout.scores(s) for s in job.shards]
+    return _select_by_parts(p, job, layout, parts, [], after=out["kept"], emit_kept=True)
+
+
+def _run_needs_work_rows(recipe) -> bool:
+    """Whether `run` scores a model recipe by shard into work rows files rather than its scores
+    files: some group stage does not fit a select over the scores files (:func:`_run_by_parts_fits`)."""
+    return not all(_run_by_parts_fits(s) for s in recipe.stages)
 
 
 def _run_by_parts_fits(stage) -> bool:
@@ -244,9 +255,10 @@ def _select_by_parts(p, job: Job, layout: OutputLayout, parts: list, wanted: lis
     with no sample has no scores file) are skipped. ``emit_kept``: return the ShardKept lists."""
     from apache_beam.pvalue import AsList, AsSingleton
 
-    from beam_filter.selection import is_part_grouped, is_rank_staged
+    from beam_filter.selection import is_part_grouped, is_rank_staged, is_summary_staged, summary_targets
     from beam_filter.transforms.fused import FusedSelectFn, PartRankKeysFn
     from beam_filter.transforms.group_parts import GroupAtParts
+    from beam_filter.transforms.part_ranges import SummaryAtParts
     from beam_filter.transforms.select import save_info
     from beam_filter.transforms.thresholds import RankOfKeyBatches
 
@@ -264,6 +276,21 @@ def _select_by_parts(p, job: Job, layout: OutputLayout, parts: list, wanted: lis
             # dedup / clustering on slim rows; the verdicts go back to the parts as files
             infos[stage.id] = spread | f"Group[{stage.id}]" >> GroupAtParts(
                 stages, i, layout, wanted, infos, processes=processes)
+            continue
+        if is_summary_staged(stage):
+            # fused_rank: per-part min/max, combined, then its rank keys (transforms/part_ranges.py)
+            found = {}
+            for target in summary_targets(stage):
+                child = None if target is stage else target.id
+                found[target.id] = spread | f"Summary[{target.id}]" >> SummaryAtParts(
+                    stages, i, child, wanted, infos, processes=processes)
+                found[target.id] | f"SaveInfo[{target.id}]" >> beam.Map(save_info, _info_dir(job), target.id)
+            if stage.id in found:
+                infos[stage.id] = found[stage.id]
+            else:           # a combinator takes its children's values as one dict by child id
+                infos[stage.id] = (p | f"Infos[{stage.id}]" >> beam.Create([None])
+                                   | f"ByChild[{stage.id}]" >> beam.Map(
+                                       lambda _, **kw: kw, **{k: AsSingleton(v) for k, v in found.items()}))
             continue
         if not is_rank_staged(stage):
             continue
@@ -395,6 +422,8 @@ def _progress_monitor(job: Job):
         # its progress is the scoring, one scores file per shard.
         scored_first = job.command == "score" or job.execution == "by_shard, then by_part"
         directory = layout.scores_dir if scored_first else layout.decisions_dir
+        if scored_first and job.command == "run" and job.recipe.model_stages() and _run_needs_work_rows(job.recipe):
+            directory = layout.work_rows_dir        # _score_models_by_shard's work rows files
         return ProgressMonitor(len(job.shards), ParquetDirCounter(directory), label=job.command)
     if job.command == "select":
         if job.metadata_dir:

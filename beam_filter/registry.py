@@ -257,6 +257,25 @@ class RankSpec(NamedTuple):
     columns: tuple = ()
 
 
+class SummarySpec(NamedTuple):
+    """A global value made in two steps from the rows alive at the stage: a small summary of them that
+    combines across input parts (fused_rank: each score column's [min, max]), then -- with a
+    ``fraction`` -- DataComp's rank-n threshold of a per-row ``value`` that depends on the summary.
+    Declared, so select computes it part by part (one read for the summaries, one for the rank keys,
+    ``selection.is_summary_staged``, transforms/part_ranges.py) and no row moves. Every callable is
+    picklable and Beam-free; ``global_info`` must compute the same value on the general graph."""
+
+    summarize: Callable         # alive rows of one part (list of row dicts) -> summary
+    combine: Callable           # list of summaries -> one (associative, any order; [] -> the empty one)
+    finish: Callable            # (pool summary, ThresholdInfo | None) -> the ``info`` ``reason`` takes
+    value: Any = None           # (row, pool summary) -> the number ranked when ``fraction`` is set
+    fraction: float | None = None
+    label: str | None = None    # ThresholdInfo.column of the rank step
+    # Optional columnar twins (columnar.py), exactly equal or None (then the part builds rows):
+    summarize_array: Callable | None = None    # (columnar.PartColumns, bool mask alive) -> summary
+    value_array: Callable | None = None        # (columnar.PartColumns, pool summary) -> float64 per row
+
+
 class ScoredStage(Stage):
     """A score per row (from a model through RunInference), then a threshold or a top fraction."""
 
@@ -299,6 +318,12 @@ class ScoredStage(Stage):
         fraction), say so declaratively: ``global_info`` then computes it with
         ``transforms/thresholds.ExactRankThreshold``, and ``select`` can compute it from per-part keys
         without moving any row (``selection.is_rank_staged``, pipeline's fused select)."""
+        return None
+
+    def summary_spec(self) -> "SummarySpec | None":
+        """When the global value is not one rank-n threshold but starts from a small summary of the
+        alive rows that combines over parts (:class:`SummarySpec`), say so: select then computes it
+        by parts too. Consulted only when :meth:`rank_spec` is None."""
         return None
 
     def global_info(self, alive_rows):

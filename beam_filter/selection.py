@@ -45,6 +45,27 @@ def is_rank_staged(stage: Stage) -> bool:
     return isinstance(stage, ScoredStage) and stage.needs_global_info() and stage.rank_spec() is not None
 
 
+def is_summary_staged(stage: Stage) -> bool:
+    """A scored stage whose global value starts from a small summary of the alive rows that combines
+    over parts (``summary_spec``: fused_rank's per-column min/max, then its rank-n threshold): select
+    computes it from per-part summaries and rank keys, then decides each part alone. An ``any_of`` /
+    ``all_of`` of such stages and partwise ones is too (hype_dfn): its children's values are
+    computed over the rows alive at the combinator, and it takes them as one dict by child id."""
+    if isinstance(stage, Combinator):
+        return (not isinstance(stage, AddBackSection) and any(summary_targets(stage))
+                and all(is_partwise(c) or c in summary_targets(stage) for c in stage.children))
+    return (isinstance(stage, ScoredStage) and stage.needs_global_info() and stage.rank_spec() is None
+            and stage.summary_spec() is not None)
+
+
+def summary_targets(stage: Stage) -> list[Stage]:
+    """The stages whose summary-staged value select computes for ``stage``: itself, or a combinator's
+    direct children that are (see :func:`is_summary_staged`)."""
+    if isinstance(stage, Combinator):
+        return [c for c in stage.children if not isinstance(c, Combinator) and is_summary_staged(c)]
+    return [stage] if is_summary_staged(stage) else []
+
+
 def is_part_grouped(stage: Stage) -> bool:
     """A group stage whose verdicts need many rows (dedup, clustering): the by-part select runs it
     on slim rows of every part and routes its verdicts back to the parts through files
@@ -54,10 +75,11 @@ def is_part_grouped(stage: Stage) -> bool:
 
 def can_select_by_parts(stages: list[Stage]) -> bool:
     """Whether the fused select (per input part, rows never shuffled) can run this recipe:
-    every top-level stage is partwise, rank-staged or a group stage (a combinator only of
-    partwise stages). A scored stage with another global value (fused_rank's min/max ranges)
-    keeps the general graph."""
-    return all(is_partwise(s) or is_rank_staged(s) or is_part_grouped(s) for s in stages)
+    every top-level stage is partwise, rank-staged, summary-staged (fused_rank) or a group stage
+    (a combinator only of partwise stages). A scored stage with another global value keeps the
+    general graph."""
+    return all(is_partwise(s) or is_rank_staged(s) or is_summary_staged(s) or is_part_grouped(s)
+               for s in stages)
 
 
 def decide_rows(rows: list[dict], stages: list[Stage], infos: dict | None = None) -> list[dict]:

@@ -17,7 +17,7 @@ from beam_filter import records as R
 from beam_filter import tables
 from beam_filter.reading import FileError, read_shard
 from beam_filter.selection import advance_rows, decide_locally, decide_rows
-from beam_filter.layout import OutputLayout, embeddings_beside
+from beam_filter.layout import OutputLayout, embeddings_beside, is_work_rows
 from beam_filter.tables import ShardKept, write_shard_tables
 
 
@@ -178,10 +178,12 @@ class ShardResult(NamedTuple):
 
 
 def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout, metadata: dict,
-                  resumed: bool = False, models: list[LoadedModel] = ()) -> ShardResult:
+                  resumed: bool = False, models: list[LoadedModel] = (), work: bool = False) -> ShardResult:
     """Read, score and decide one shard; write its scores and decisions files.
 
     ``select_stages`` None: score only (``beam-filter score``), no decisions file.
+    ``work`` (score only): write the rows as `run`'s work rows file instead (float32 embeddings,
+    tables.write_work_rows); the select over it writes the scores file (select_part).
     ``resumed``: the shard's scores file is valid for this recipe, so its rows
     come from there and only the decisions are recomputed (nothing at all when
     scoring only).
@@ -218,7 +220,9 @@ def process_shard(path: str, feature_stages, select_stages, layout: OutputLayout
                 flush()
         flush()
     kept = None
-    if rows:
+    if rows and work and not decide:
+        tables.write_work_rows(layout, path, rows, metadata)
+    elif rows:
         kept = write_shard_tables(layout, path, rows, write_scores=not resumed, write_decisions=decide,
                                   metadata=metadata)
     counts = Counter({"samples_read": len(rows)})
@@ -257,14 +261,20 @@ def select_part(part, select_stages, layout: OutputLayout, metadata: dict,
 
     ``with_kept`` False: the result carries no kept list (``select`` does not reshard); from a
     pool worker that list is pickled to the launcher, 200 MB for a million kept rows.
+
+    A work rows file of `run` (layout.is_work_rows: scored rows with float32 embeddings, written by
+    process_shard) also gets its final scores file and fp16 embeddings written here, after the
+    decisions, so they carry the verdict columns as the general graph's do.
     """
-    result = _select_part(part, select_stages, layout, metadata, embeddings, infos)
+    result = _select_part(part, select_stages, layout, metadata, embeddings, infos, with_kept)
     return result if with_kept else result._replace(kept=None)
 
 
 def _select_part(part, select_stages, layout: OutputLayout, metadata: dict, embeddings: tuple,
-                 infos: dict | None) -> ShardResult:
-    fast = columnar.select_part_columnar(part, select_stages, layout, metadata, embeddings, infos)
+                 infos: dict | None, with_kept: bool = True) -> ShardResult:
+    work = is_work_rows(part) if isinstance(part, str) else False
+    fast = None if work else columnar.select_part_columnar(part, select_stages, layout, metadata, embeddings,
+                                                           infos, with_kept=with_kept)
     if fast is not None:
         return fast
     batches: list = []
@@ -273,7 +283,7 @@ def _select_part(part, select_stages, layout: OutputLayout, metadata: dict, embe
     if rows:
         from beam_filter.datacomp_metadata import passthrough_columns
 
-        kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=False, write_decisions=True,
+        kept = write_shard_tables(layout, rows[0][R.SHARD], rows, write_scores=work, write_decisions=True,
                                   metadata=metadata, arrow_columns=passthrough_columns(batches, select_stages))
     counts = Counter({"rows_read": len(rows)})
     for r in rows:
@@ -356,3 +366,53 @@ def process_shard_path(path: str, feature_stages, select_stages, layout: OutputL
     """process_shard with ``resumed`` given as the set of resumed shards (the pool's call shape)."""
     return process_shard(path, feature_stages, select_stages, layout, metadata, resumed=path in resumed)
 
+
+
+# ---- summary-staged stages (fused_rank): per-part summaries and rank keys (transforms/part_ranges.py) ----
+
+SUMMARY_SIDE = "_summary"     # the side input that carries the pool's summary to part_summary_keys
+
+
+def summary_stage(select_stages, index: int, child: str | None = None):
+    """The summary-staged stage at ``select_stages[index]``, or its child of id ``child`` (a combinator's)."""
+    stage = select_stages[index]
+    if child is None:
+        return stage
+    return next(c for c in stage.children if c.id == child)
+
+
+def _alive_at(part, select_stages, index: int, embeddings: tuple, infos: dict | None) -> list[dict]:
+    rows = advance_rows(read_part_rows(part, embeddings), select_stages[:index], infos)
+    return [r for r in rows if r[R.REASON] is None]
+
+
+def part_summary(part, select_stages, index: int, child: str | None = None, embeddings: tuple = (),
+                 infos: dict | None = None):
+    """One part's summary (``SummarySpec.summarize``) of its rows alive when ``select_stages[index]`` is
+    reached (with ``infos`` of the stages before it): a few numbers leave the worker, not rows."""
+    spec = summary_stage(select_stages, index, child).summary_spec()
+    if spec.summarize_array is not None:
+        fast = columnar.alive_columnar(part, select_stages, index, embeddings, infos)
+        summary = None if fast is None else spec.summarize_array(*fast)
+        if summary is not None:
+            return summary
+    return spec.summarize(_alive_at(part, select_stages, index, embeddings, infos))
+
+
+def part_summary_keys(part, select_stages, index: int, child: str | None = None, embeddings: tuple = (),
+                      infos: dict | None = None):
+    """The rank keys (``rules.exact_rank.key_batch``, 8 bytes a row) of ``SummarySpec.value`` under the
+    pool's summary (``infos[SUMMARY_SIDE]``) for the same alive rows as :func:`part_summary`."""
+    from beam_filter.rules.exact_rank import as_number, key_batch
+
+    infos = dict(infos or {})
+    summary = infos.pop(SUMMARY_SIDE)
+    spec = summary_stage(select_stages, index, child).summary_spec()
+    if spec.value_array is not None:
+        fast = columnar.alive_columnar(part, select_stages, index, embeddings, infos)
+        values = None if fast is None else spec.value_array(fast[0], summary)
+        if values is not None:
+            return key_batch(values[fast[1]])
+    value = spec.value
+    return key_batch([as_number(value(r, summary))
+                      for r in _alive_at(part, select_stages, index, embeddings, infos)])

@@ -33,19 +33,20 @@ META_SCORE_HASH = b"beam_filter.score_hash"
 META_RECIPE_HASH = b"beam_filter.recipe_hash"
 
 
-def split_embeddings(rows: list[dict]) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Move 1-D numpy columns out of the rows into stacked fp16 arrays (rows without one get NaN)."""
+def split_embeddings(rows: list[dict], dtype=np.float16) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Move 1-D numpy columns out of the rows into stacked fp16 arrays (rows without one get NaN);
+    ``dtype`` float32 keeps the model's values exactly (`run`'s work rows, :func:`write_work_rows`)."""
     if not any(issubclass(t, np.ndarray) for t in _value_types(rows)):     # the common case, fast
         return rows, {}
     emb_cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, np.ndarray)})
     arrays = {}
     for col in emb_cols:
         dim = next(r[col].shape[0] for r in rows if isinstance(r.get(col), np.ndarray))
-        arr = np.full((len(rows), dim), np.nan, dtype=np.float16)
+        arr = np.full((len(rows), dim), np.nan, dtype=dtype)
         for i, r in enumerate(rows):
             v = r.get(col)
             if isinstance(v, np.ndarray):
-                arr[i] = v.astype(np.float16)
+                arr[i] = v.astype(dtype)
         arrays[col] = arr
     slim = [{k: v for k, v in r.items() if k not in arrays} for r in rows]
     return slim, arrays
@@ -125,8 +126,9 @@ def column_from_values(name: str, values: list) -> pa.Array:
 
 def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, bytes] | None = None,
                embeddings_path: str | None = None, arrow_columns: dict | None = None,
-               presorted: bool = False) -> None:
-    """Write rows (sorted by key) to parquet atomically; embeddings to an npz beside when asked.
+               presorted: bool = False, embeddings_dtype=np.float16) -> None:
+    """Write rows (sorted by key) to parquet atomically; embeddings to an npz beside when asked
+    (fp16 unless ``embeddings_dtype`` says otherwise).
 
     ``arrow_columns``: columns aligned with ``rows`` as given, passed through (rows_to_table).
     ``presorted``: the caller already sorted them by key (a stable sort of sorted rows changes
@@ -137,7 +139,7 @@ def write_rows(path: str, rows: list[dict], *, drop=(), metadata: dict[bytes, by
         if arrow_columns:
             index = pa.array(order, type=pa.int64())
             arrow_columns = {k: v.take(index) for k, v in arrow_columns.items()}
-    slim, arrays = split_embeddings(rows)
+    slim, arrays = split_embeddings(rows, embeddings_dtype)
     write_table(path, rows_to_table(slim, drop=drop, arrow_columns=arrow_columns), metadata)
     if embeddings_path and arrays:
         ebuf = io.BytesIO()
@@ -225,6 +227,16 @@ def write_shard_tables(layout: OutputLayout, shard: str, rows: list[dict], *,
                    presorted=True)
     kept = tuple(kept_entry(r) for r in rows if r.get(R.KEPT))
     return ShardKept(shard, kept)
+
+
+def write_work_rows(layout: OutputLayout, shard: str, rows: list[dict], metadata: dict) -> None:
+    """One shard's scored rows as `run` holds them until a select that needs them whole
+    (``layout.work_rows``): the scores file's columns, embeddings kept float32 (the model's own
+    values, which the general graph's group stages cluster), read back by ``read_rows``. The
+    select then writes the final scores file (fp16 embeddings, verdict columns) with
+    :func:`write_shard_tables`, as the general graph does (shard_work.select_part)."""
+    write_rows(layout.work_rows(shard), rows, drop=DECISION_ONLY, metadata=metadata,
+               embeddings_path=layout.work_embeddings(shard), embeddings_dtype=np.float32)
 
 
 def kept_entry(row: dict) -> tuple:

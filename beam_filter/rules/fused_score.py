@@ -15,9 +15,19 @@ all in the pool has min/max None, and every row fuses to NaN.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+class FusedInfo(NamedTuple):
+    """The pool's per-column [min, max], the fused score kept at (``>=``; None: nothing to keep), and
+    the rank-n ``ThresholdInfo`` when a fraction was asked. Pure, so the stage and the by-part select
+    build it where Beam is not loaded; ``transforms/thresholds`` re-exports it."""
+
+    ranges: list
+    threshold: float | None
+    rank: Any = None
 
 
 def check_weights(weights: dict) -> str | None:

@@ -49,12 +49,16 @@ class FusedModelShardFn(beam.DoFn):
     """Shard path -> ShardKept and file errors, with the recipe's models run in this worker
     (process_shard with loaded models): samples leave their bytes after one batch, so memory
     is a batch of bytes plus one shard's rows. The local runner's path for model recipes;
-    models load once per DoFn instance, at the first shard that needs them."""
+    models load once per DoFn instance, at the first shard that needs them. ``work``: write
+    each shard's rows as `run`'s work rows file (float32 embeddings) for a select that writes
+    the scores files itself (pipeline._score_models_by_shard)."""
 
-    def __init__(self, feature_stages, select_stages, model_stages, layout, metadata, resumed=frozenset()):
+    def __init__(self, feature_stages, select_stages, model_stages, layout, metadata, resumed=frozenset(),
+                 work=False):
         self.args = (feature_stages, select_stages, layout, metadata)
         self.model_stages = list(model_stages)
         self.resumed = frozenset(resumed)
+        self.work = work
 
     def setup(self):
         self.models = None
@@ -65,7 +69,7 @@ class FusedModelShardFn(beam.DoFn):
         resumed = path in self.resumed
         if self.models is None and not resumed:
             self.models = load_models(self.model_stages)
-        result = process_shard(path, *self.args, resumed=resumed, models=self.models or ())
+        result = process_shard(path, *self.args, resumed=resumed, models=self.models or (), work=self.work)
         yield from _emit_shard_result(result, self.args[1] is not None)
 
 

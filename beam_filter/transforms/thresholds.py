@@ -14,7 +14,7 @@ and emits nothing. Only the batched keys (8 bytes a row) are read again, never t
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
@@ -23,6 +23,7 @@ from beam_filter.rules.exact_rank import (EXACT_LIMIT, MAX_PASSES, Search, as_nu
                                           key_batch, merge_histograms, pass_histogram, refine,
                                           start_search, to_info)
 from beam_filter.rules.thresholds import check_fraction
+from beam_filter.rules.fused_score import FusedInfo  # noqa: F401  (pure, so stages build it too; re-exported)
 
 
 class _MergeHistograms(beam.CombineFn):
@@ -145,15 +146,6 @@ class _RangesFn(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
-
-
-class FusedInfo(NamedTuple):
-    """The pool's per-column [min, max], the fused score kept at (``>=``; None: nothing to keep), and
-    the rank-n ``ThresholdInfo`` when a fraction was asked."""
-
-    ranges: list
-    threshold: float | None
-    rank: Any = None
 
 
 class FusedRankThreshold(beam.PTransform):

@@ -186,7 +186,7 @@ def test_remote_call_runs_local_calls_directly_and_bounds_remote_ones(monkeypatc
 
 def test_output_layout_names_every_output():
     from beam_filter import output_dir
-    from beam_filter.layout import OUTPUT_FILES, OutputLayout, shard_stem
+    from beam_filter.layout import OUTPUT_FILES, OutputLayout, embeddings_beside, shard_stem
 
     lay = OutputLayout("gs://b/out")
     assert lay.scores("gs://b/pool/00000007.tar") == "gs://b/out/scores/00000007.parquet"
@@ -203,5 +203,11 @@ def test_output_layout_names_every_output():
     assert shard_stem("gs://b/md/0001.parquet") == "0001"
     # output_dir deletes (on --overwrite) exactly what the layout names
     assert output_dir.KINDS[output_dir.OUTPUT] == OUTPUT_FILES
-    assert set(output_dir.RESUME_CLEARS) == {"decisions", "shards", "thresholds", "file_errors", "verdicts"}
+    assert set(output_dir.RESUME_CLEARS) == {"decisions", "shards", "thresholds", "file_errors", "verdicts",
+                                             "work_rows"}
     assert lay.verdicts_dir == "gs://b/out/verdicts"      # group stages' verdicts by part (work files)
+    # `run`'s scored rows before a select that writes the scores files (work files, npz beside)
+    assert (lay.work_rows("/p/00000007.tar"), lay.work_embeddings("/p/00000007.tar")) == (
+        "gs://b/out/work_rows/00000007.parquet", "gs://b/out/work_rows/00000007.npz")
+    assert embeddings_beside(lay.work_rows("/p/00000007.tar")) == lay.work_embeddings("/p/00000007.tar")
+    assert embeddings_beside(lay.scores("/p/00000007.tar")) == lay.embeddings("/p/00000007.tar")
