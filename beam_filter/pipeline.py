@@ -56,7 +56,24 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
         if not any(a.startswith("--direct_running_mode") for a in beam_args):
             direct.direct_running_mode = "in_memory"
         options.view_as(SetupOptions).save_main_session = False
+        if direct.direct_running_mode == "in_memory":
+            # --direct_num_workers=N sizes beam_filter's own pool (local_processes). Beam would also
+            # split each step into N bundles, each DoFn instance starting a pool of N: N² workers.
+            explicit = options.get_all_options(drop_default=True).get("direct_num_workers")
+            if explicit:
+                options.view_as(LocalPoolOptions).beam_filter_processes = int(explicit)
+            direct.direct_num_workers = 1
     return options
+
+
+class LocalPoolOptions(PipelineOptions):
+    """The local pool's size as ``--direct_num_workers`` asked for it (pipeline_options)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--beam_filter_processes", type=int, default=0,
+                            help="local runner: processes of beam_filter's pool (default: --direct_num_workers, "
+                                 "else one per core)")
 
 
 def local_processes(options: PipelineOptions) -> int:
@@ -66,8 +83,8 @@ def local_processes(options: PipelineOptions) -> int:
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "in_memory":
         return 0
-    explicit = options.get_all_options(drop_default=True).get("direct_num_workers")
-    return max(1, int(explicit) if explicit else (os.cpu_count() or 1))
+    asked = options.view_as(LocalPoolOptions).beam_filter_processes
+    return max(1, int(asked) if asked else (os.cpu_count() or 1))
 
 
 def is_local_runner(name) -> bool:
@@ -403,6 +420,9 @@ def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     finally:
         if monitor is not None:
             monitor.__exit__(None, None, None)
+        from beam_filter.transforms.local_pool import stop_handed_pools
+
+        stop_handed_pools()         # a light pass's pool no later step took over
     if job.execution and "by_part" in job.execution:
         from beam_filter.output_dir import remove_work_files
 

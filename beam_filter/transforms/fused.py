@@ -38,8 +38,8 @@ class FusedShardFn(LocalPoolDoFn):
     work = staticmethod(process_shard_path)
 
     def __init__(self, feature_stages, select_stages, layout, metadata, resumed=frozenset(), processes=0):
-        super().__init__((feature_stages, select_stages, layout, metadata, frozenset(resumed)), processes)
-        self.preload = tuple(type(s).__module__ for s in [*feature_stages, *(select_stages or ())])
+        super().__init__((feature_stages, select_stages, layout, metadata, frozenset(resumed)), processes,
+                         stages=[*feature_stages, *(select_stages or ())])
 
     def emit(self, path, result: ShardResult):
         return _emit_shard_result(result, self.args[1] is not None)
@@ -81,8 +81,7 @@ class FusedSelectFn(LocalPoolDoFn):
     work = staticmethod(select_part)
 
     def __init__(self, select_stages, layout, metadata, embeddings=(), processes=0, emit_kept=False):
-        super().__init__((select_stages, layout, metadata, tuple(embeddings)), processes)
-        self.preload = tuple(type(s).__module__ for s in select_stages)
+        super().__init__((select_stages, layout, metadata, tuple(embeddings)), processes, stages=select_stages)
         self.emit_kept = emit_kept          # `run`: the kept lists go on to the reshard
 
     def work_args(self, side_inputs):
@@ -101,10 +100,8 @@ class PartRankKeysFn(LocalPoolDoFn):
     (shard_work.part_rank_keys); side inputs: thresholds of earlier rank-staged stages."""
 
     work = staticmethod(part_rank_keys)
+    side_inputs_arg = True
+    hands_on = True             # 8 bytes a row back: its workers are light, the select reuses them
 
     def __init__(self, select_stages, rank_index, embeddings=(), processes=0):
-        super().__init__((select_stages, rank_index, tuple(embeddings)), processes)
-        self.preload = tuple(type(s).__module__ for s in select_stages)
-
-    def work_args(self, side_inputs):
-        return (*self.args, dict(side_inputs))
+        super().__init__((select_stages, rank_index, tuple(embeddings)), processes, stages=select_stages)

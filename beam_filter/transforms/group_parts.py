@@ -31,13 +31,10 @@ class GroupRowsFn(LocalPoolDoFn):
     side inputs, by stage id: thresholds and verdict directories of the earlier stages."""
 
     work = staticmethod(group_rows)
+    side_inputs_arg = True
 
     def __init__(self, select_stages, group_index, embeddings=(), processes=0):
-        super().__init__((select_stages, group_index, tuple(embeddings)), processes)
-        self.preload = tuple(type(s).__module__ for s in select_stages)
-
-    def work_args(self, side_inputs):
-        return (*self.args, dict(side_inputs))
+        super().__init__((select_stages, group_index, tuple(embeddings)), processes, stages=select_stages)
 
     def emit(self, part, rows):
         yield from rows

@@ -10,6 +10,16 @@ and elements are processed inline, one per DoFn thread, as usual.
 A subclass names a picklable top-level ``work`` function and its ``args``, and
 turns each result into outputs with ``emit``. Results are emitted in input
 order at the end of the bundle (all elements of a local bundle run at once).
+``stages``: the recipe stages the work applies, whose modules the pool's fork
+server imports once; ``side_inputs_arg``: the step's side inputs go to ``work``
+as one more argument, a dict by name.
+
+A step's pool stops when its bundle is done (the workers hold a part's memory),
+unless the step ``hands_on``: a light pass over the parts (rank keys, summaries)
+leaves its pool to the next step that starts one with the same modules (the
+select itself), which saves starting and warming a second pool, about 0.3 s of
+a 1.28M-row top-fraction select on 2 cores. :func:`stop_handed_pools` ends any
+pool left over when the pipeline is done.
 
 Pool workers die with the beam-filter process. They are children of the
 forkserver, not of the main process, so when the main process was killed (kill -9,
@@ -31,6 +41,13 @@ import threading
 import time
 
 POLL_S = 0.5
+_HANDED: dict = {}      # pool key -> a running executor a hands_on step left for the next step
+
+
+def stop_handed_pools() -> None:
+    """Stop the pools no later step took over (the launcher calls it when the pipeline is done)."""
+    while _HANDED:
+        _HANDED.popitem()[1].shutdown()
 
 
 def die_with(pid: int) -> None:
@@ -77,19 +94,32 @@ def _define_dofn():
     class LocalPoolDoFn(beam.DoFn):
         work = None                 # staticmethod: top-level function(element, *args) -> result
         preload: tuple = ()         # modules the pool's fork server imports once
+        side_inputs_arg = False     # True: work(element, *args, {side input name: value})
+        hands_on = False            # True: leave the pool to the next step (module docstring)
 
-        def __init__(self, args: tuple, processes: int = 0):
+        def __init__(self, args: tuple, processes: int = 0, stages=()):
             self.args = args
             self.processes = processes
+            if stages:
+                self.preload = tuple(type(s).__module__ for s in stages)
 
         def setup(self):
             self.pool = None
 
+        def _modules(self) -> list[str]:
+            return sorted(set(self.preload) | {type(self).work.__module__, __name__})
+
+        def _pool_key(self) -> tuple:
+            return (self.processes, tuple(self._modules()))
+
         def _start_pool(self):
+            handed = _HANDED.pop(self._pool_key(), None)
+            if handed is not None:
+                return handed
             # forkserver, not fork: the runner has threads running, which fork does not survive.
             # The server imports the work's modules once; workers fork from it ready to go.
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(sorted(set(self.preload) | {type(self).work.__module__, __name__}))
+            ctx.set_forkserver_preload(self._modules())
             return concurrent.futures.ProcessPoolExecutor(
                 self.processes, mp_context=ctx, initializer=die_with, initargs=(os.getpid(),))
 
@@ -106,8 +136,8 @@ def _define_dofn():
             self.pending.append((element, self.pool.submit(type(self).work, element, *args)))
 
         def work_args(self, side_inputs: dict) -> tuple:
-            """``work``'s arguments after the element; a subclass taking side inputs adds them."""
-            return self.args
+            """``work``'s arguments after the element: ``args``, then the side inputs by name."""
+            return (*self.args, dict(side_inputs)) if self.side_inputs_arg else self.args
 
         def finish_bundle(self):
             from apache_beam.transforms.window import GlobalWindow
@@ -127,6 +157,11 @@ def _define_dofn():
             # The local runner hands a step all its elements in one bundle: the workers (a few
             # hundred MB each after a part) are done, and would otherwise stay alive beside the
             # next step's pool and the launcher's finalize until the runner tears the DoFn down.
+            if self.hands_on and self.pool is not None:
+                stale = _HANDED.pop(self._pool_key(), None)
+                if stale is not None:
+                    stale.shutdown()
+                _HANDED[self._pool_key()], self.pool = self.pool, None
             self._stop_pool()
 
         def _stop_pool(self):

@@ -30,12 +30,11 @@ from beam_filter.transforms.thresholds import RankOfKeyBatches
 
 
 class _PartFn(LocalPoolDoFn):
-    def __init__(self, select_stages, index: int, child: str | None, embeddings=(), processes=0):
-        super().__init__((select_stages, index, child, tuple(embeddings)), processes)
-        self.preload = tuple(type(s).__module__ for s in select_stages)
+    side_inputs_arg = True
+    hands_on = True             # a few numbers back per part: the next pass reuses the workers
 
-    def work_args(self, side_inputs):
-        return (*self.args, dict(side_inputs))
+    def __init__(self, select_stages, index: int, child: str | None, embeddings=(), processes=0):
+        super().__init__((select_stages, index, child, tuple(embeddings)), processes, stages=select_stages)
 
 
 class PartSummaryFn(_PartFn):
