@@ -144,7 +144,9 @@ class PartColumns:
         """``stages.rules.row_language`` of the rows in the bool mask ``where`` (default: all): the
         ``column`` value, else fastText's top-1 label of the caption, detected in one batched call
         for the rows that need it and kept for the next stage that asks; other rows hold None."""
-        from beam_filter.rules.language import detect_language_labels
+        import pyarrow as pa
+
+        from beam_filter.rules.language import detect_language_labels, detect_language_labels_arrow
 
         key = ("lang", column, lid_model)
         if key not in self._cache:
@@ -153,8 +155,13 @@ class PartColumns:
         labels, known = self._cache[key]
         todo = np.flatnonzero(~known if where is None else (where & ~known))
         if len(todo):
-            captions = self.captions()
-            labels[todo] = _objects(detect_language_labels([captions[i] for i in todo], lid_model))
+            text = self.table.column(R.CAPTION) if self.has(R.CAPTION) else None
+            if text is not None and (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+                found = detect_language_labels_arrow(text if len(todo) == self.n else text.take(todo), lid_model)
+            else:
+                captions = self.captions()
+                found = detect_language_labels([captions[i] for i in todo], lid_model)
+            labels[todo] = _objects(found)
             known[todo] = True
         return labels
 

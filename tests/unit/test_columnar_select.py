@@ -225,6 +225,19 @@ def test_batched_language_labels_equal_one_call_per_caption():
     assert detect_language_labels(texts) == [detect_language(t)[0] for t in texts]
 
 
+def test_language_labels_of_an_arrow_column_equal_one_call_per_caption():
+    """Arrow strings hold no lone surrogate, so the Arrow-cleaned path sees every other odd text."""
+    import pyarrow as pa
+
+    from beam_filter.rules.language import detect_language, detect_language_labels_arrow
+
+    texts = ["a photo of a dog on the beach", "une photo d'un chien", "", None, " ", "\n", "\n\n",
+             "x\x00y", "日本語のテキスト", "\t\t", "foto de un perro\nen la playa", "Ein Hund\r\nam Strand"]
+    want = [detect_language(t)[0] for t in texts]
+    assert detect_language_labels_arrow(pa.array(texts, pa.string())) == want
+    assert detect_language_labels_arrow(pa.chunked_array([texts[:5], texts[5:]], pa.large_string())) == want
+
+
 def test_vectorised_size_and_basic_rules_equal_the_row_rules():
     from beam_filter.rules.datacomp import basic_filter_reason, basic_filter_reasons
     from beam_filter.rules.image import image_size_reason, image_size_reasons
