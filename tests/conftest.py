@@ -76,6 +76,31 @@ def run_cli():
     return _run_cli
 
 
+@pytest.fixture(scope="session")
+def decision_rows():
+    """``decision_rows(output) -> list[dict]``: the rows of every decisions file, files in name order."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    def rows(output: str) -> list[dict]:
+        return [r for f in sorted(glob.glob(os.path.join(output, "decisions", "*.parquet")))
+                for r in pq.read_table(f).to_pylist()]
+    return rows
+
+
+@pytest.fixture
+def fused_and_graph(run_cli, tmp_path):
+    """``fused_and_graph(name, *argv) -> (fused output, graph output)``: the command run twice, on its
+    default (fused, by-part) path and on the general graph (``--no-fusion``), into fresh directories."""
+    def both(name: str, *argv) -> tuple[str, str]:
+        fused, graph = str(tmp_path / f"{name}_parts"), str(tmp_path / f"{name}_graph")
+        assert run_cli(*argv, "--output", fused) == 0
+        assert run_cli(*argv, "--output", graph, "--no-fusion") == 0
+        return fused, graph
+    return both
+
+
 # ---- generated pools -----------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

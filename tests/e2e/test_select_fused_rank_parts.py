@@ -19,6 +19,13 @@ PARTS = 3
 ROWS = 150
 
 
+
+
+def _threshold(output: str, stage_id: str) -> dict:
+    with open(os.path.join(output, "thresholds", f"{stage_id}.json")) as f:
+        return json.load(f)
+
+
 def _files(output: str) -> list[str]:
     return sorted(os.path.relpath(p, output) for p in glob.glob(os.path.join(output, "**", "*"), recursive=True)
                   if os.path.isfile(p) and not os.path.basename(p).startswith(("report", ".")))
@@ -27,23 +34,6 @@ def _files(output: str) -> list[str]:
 def _report(output: str) -> dict:
     with open(os.path.join(output, "report.json")) as f:
         return json.load(f)
-
-
-def _threshold(output: str, stage_id: str) -> dict:
-    with open(os.path.join(output, "thresholds", f"{stage_id}.json")) as f:
-        return json.load(f)
-
-
-def _rows(output: str) -> list[dict]:
-    return [r for f in sorted(glob.glob(os.path.join(output, "decisions", "*.parquet")))
-            for r in pq.read_table(f).to_pylist()]
-
-
-def _both(run_cli, tmp_path, name: str, *args: str) -> tuple[str, str]:
-    parts, graph = str(tmp_path / f"{name}_parts"), str(tmp_path / f"{name}_graph")
-    assert run_cli(*args, "--output", parts) == 0
-    assert run_cli(*args, "--output", graph, "--no-fusion") == 0
-    return parts, graph
 
 
 def _assert_same_outputs(parts: str, graph: str, n_parts: int, execution: str = "by_part") -> None:
@@ -142,14 +132,15 @@ stages:
 """
 
 
-def test_sieve_clip_like_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli):
+def test_sieve_clip_like_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli, fused_and_graph,
+                                                            decision_rows):
     """A rule and a fixed threshold drop rows first; the fused score ties at its threshold."""
     recipe = tmp_path / "sieve_clip_like.yaml"
     recipe.write_text(SIEVE_CLIP_LIKE)
-    parts, graph = _both(run_cli, tmp_path, "sieve", "select", "--recipe", recipe, "--scores", scores_dir)
+    parts, graph = fused_and_graph("sieve", "select", "--recipe", recipe, "--scores", scores_dir)
     _assert_same_outputs(parts, graph, PARTS)
     info = _threshold(parts, "sieve_clip")
-    rows = _rows(parts)
+    rows = decision_rows(parts)
     dropped_before = [r for r in rows if r["stage"] in ("read", "caption_length", "clip_l14")]
     assert len(dropped_before) > 20 and info["rank"]["N"] == len(rows) - len(dropped_before)
     assert info["rank"]["n_equal"] > 1 and info["rank"]["n_nan"] > 0        # ties and NaN at work
@@ -159,21 +150,23 @@ def test_sieve_clip_like_on_scores_equals_the_general_graph(scores_dir, tmp_path
     assert not any(r["sieve_score"] is None or np.isnan(r["sieve_score"]) for r in kept)
 
 
-def test_hype_like_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli):
+def test_hype_like_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli, fused_and_graph,
+                                                      decision_rows):
     """Five columns (one constant over the pool), then a fixed threshold on a second fused score, then a
     top fraction ranked over what both kept."""
     recipe = tmp_path / "hype_like.yaml"
     recipe.write_text(HYPE_LIKE)
-    parts, graph = _both(run_cli, tmp_path, "hype", "select", "--recipe", recipe, "--scores", scores_dir)
+    parts, graph = fused_and_graph("hype", "select", "--recipe", recipe, "--scores", scores_dir)
     _assert_same_outputs(parts, graph, PARTS)
     info = _threshold(parts, "hype_score")
     assert info["ranges"][2] == [0.5, 0.5] and info["rank"]["n_equal"] > 1
     assert _threshold(parts, "fixed")["threshold"] == 0.25 and _threshold(parts, "fixed")["rank"] is None
-    reasons = {r["reason"] for r in _rows(parts)}
+    reasons = {r["reason"] for r in decision_rows(parts)}
     assert {"hype_score_below_threshold", "fixed_below_threshold", "clip_l14_score_below_threshold"} <= reasons, reasons
 
 
-def test_hype_dfn_like_combinator_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli):
+def test_hype_dfn_like_combinator_on_scores_equals_the_general_graph(scores_dir, tmp_path, run_cli,
+                                                                     fused_and_graph, decision_rows):
     """fused_rank inside any_of (hype_dfn): ranked over the rows alive at the combinator."""
     from beam_filter.uids import save_uids, uids_to_array
 
@@ -183,14 +176,14 @@ def test_hype_dfn_like_combinator_on_scores_equals_the_general_graph(scores_dir,
     save_uids(str(dfn), uids_to_array(uids[::5]))
     recipe = tmp_path / "hype_dfn_like.yaml"
     recipe.write_text(HYPE_DFN_LIKE.replace("DFN", str(dfn)))
-    parts, graph = _both(run_cli, tmp_path, "hype_dfn", "select", "--recipe", recipe, "--scores", scores_dir)
+    parts, graph = fused_and_graph("hype_dfn", "select", "--recipe", recipe, "--scores", scores_dir)
     _assert_same_outputs(parts, graph, PARTS)
     rank = _threshold(parts, "hype_score")["rank"]
-    kept = [r for r in _rows(parts) if r["kept"]]
+    kept = [r for r in decision_rows(parts) if r["kept"]]
     assert rank["n_above"] + rank["n_equal"] < len(kept)       # the DFN uids add rows HYPE did not keep
 
 
-def test_fused_rank_on_metadata_equals_the_general_graph(tmp_path, run_cli):
+def test_fused_rank_on_metadata_equals_the_general_graph(tmp_path, run_cli, fused_and_graph):
     from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
 
     meta = str(tmp_path / "metadata")
@@ -201,13 +194,13 @@ def test_fused_rank_on_metadata_equals_the_general_graph(tmp_path, run_cli):
                       "  - fused:\n      type: fused_rank\n"
                       "      weights: {clip_b32_similarity_score: 0.3, clip_l14_similarity_score: 0.7}\n"
                       "      fraction: 0.25\n")
-    parts, graph = _both(run_cli, tmp_path, "meta", "select", "--recipe", recipe, "--metadata", meta)
+    parts, graph = fused_and_graph("meta", "select", "--recipe", recipe, "--metadata", meta)
     _assert_same_outputs(parts, graph, 3)
     with open(os.path.join(parts, "uids.npy"), "rb") as a, open(os.path.join(graph, "uids.npy"), "rb") as b:
         assert a.read() == b.read()
 
 
-def test_run_scores_by_shard_then_ranks_by_part(clean_pool, tmp_path, run_cli):
+def test_run_scores_by_shard_then_ranks_by_part(clean_pool, tmp_path, run_cli, fused_and_graph, decision_rows):
     """`run` of a recipe with fused_rank after a model: scored by shard, selected by part, the general
     graph's bytes (scores files, decisions, thresholds, resharded output)."""
     from beam_filter.stages.clip import ClipStage
@@ -220,7 +213,7 @@ def test_run_scores_by_shard_then_ranks_by_part(clean_pool, tmp_path, run_cli):
                       "  - fused:\n      type: fused_rank\n"
                       "      weights: {clip_score: 0.6, caption_chars: 0.4}\n"
                       "      fraction: 0.4\n")
-    parts, graph = _both(run_cli, tmp_path, "run", "run", "--recipe", recipe, "--input",
+    parts, graph = fused_and_graph("run", "run", "--recipe", recipe, "--input",
                          f"{clean_pool[0]}/*.tar", "--test-models", models)
     _assert_same_outputs(parts, graph, 3, execution="by_shard, then by_part")
-    assert 0 < len([r for r in _rows(parts) if r["kept"]]) < clean_pool[1]["samples"]
+    assert 0 < len([r for r in decision_rows(parts) if r["kept"]]) < clean_pool[1]["samples"]

@@ -9,7 +9,6 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 
@@ -45,19 +44,10 @@ def _assert_same_outputs(fused: str, general: str, parts: int) -> None:
     assert not os.path.exists(os.path.join(fused, "verdicts"))      # the work files are gone
 
 
-def _rows(output: str) -> list[dict]:
-    return [r for f in sorted(glob.glob(os.path.join(output, "decisions", "*.parquet")))
-            for r in pq.read_table(f).to_pylist()]
 
 
-def _both(run_cli, tmp_path, name: str, *args: str) -> tuple[str, str]:
-    fused, general = str(tmp_path / f"{name}_parts"), str(tmp_path / f"{name}_graph")
-    assert run_cli(*args, "--output", fused) == 0
-    assert run_cli(*args, "--output", general, "--no-fusion") == 0
-    return fused, general
-
-
-def test_group_stages_on_scores_equal_the_general_graph(clean_pool, tmp_path, run_cli, clip_twin):
+def test_group_stages_on_scores_equal_the_general_graph(clean_pool, tmp_path, run_cli, clip_twin,
+                                                        fused_and_graph, decision_rows):
     """Caption counts, near-duplicates, SemDeDup, a top fraction after them, cluster balance and
     exact dedup, in that order, on the scores (fp16 embeddings, pHashes) of a score run."""
     recipe = tmp_path / "groups.yaml"
@@ -73,15 +63,15 @@ def test_group_stages_on_scores_equal_the_general_graph(clean_pool, tmp_path, ru
     scores = str(tmp_path / "scores")
     assert run_cli("score", "--recipe", str(recipe), "--input", f"{clean_pool[0]}/*.tar", "--output", scores,
                    "--test-models", clip_twin) == 0
-    fused, general = _both(run_cli, tmp_path, "groups", "select", "--recipe", str(recipe), "--scores", scores,
+    fused, general = fused_and_graph("groups", "select", "--recipe", str(recipe), "--scores", scores,
                            "--test-models", clip_twin)
     _assert_same_outputs(fused, general, 3)
-    stages = {r["stage"] for r in _rows(fused)}
+    stages = {r["stage"] for r in decision_rows(fused)}
     assert {"caption_frequency", "semdedup", "top", "cluster_balance"} <= stages, stages
-    assert "semdedup_cluster" in _rows(fused)[0] and "caption_frequency_count" in _rows(fused)[0]
+    assert "semdedup_cluster" in decision_rows(fused)[0] and "caption_frequency_count" in decision_rows(fused)[0]
 
 
-def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli):
+def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli, fused_and_graph, decision_rows):
     """A devil_details-like chain on DataComp metadata: pool caption counts first, a rule, a top
     fraction, SemDeDup, density pruning, cluster importance, quality duplication, and an add-back."""
     from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
@@ -101,9 +91,9 @@ def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli):
         f"  - cluster_importance: {{{clusters}, target: {tmp_path}/target.npy, fraction: 0.8, alpha: 1.0}}\n"
         f"  - quality_duplication: {{{clusters}, score: clip_l14_similarity_score}}\n"
         "add_back:\n  - long_caption: {type: caption_length, min_words: 12}\n")
-    fused, general = _both(run_cli, tmp_path, "devil", "select", "--recipe", str(recipe), "--metadata", meta)
+    fused, general = fused_and_graph("devil", "select", "--recipe", str(recipe), "--metadata", meta)
     _assert_same_outputs(fused, general, 3)
-    rows = _rows(fused)
+    rows = decision_rows(fused)
     assert len(rows) == 2400
     stages = {r["stage"] for r in rows}
     assert {"caption_frequency", "clip_l14", "semdedup", "dbp", "cluster_importance"} <= stages, stages
@@ -112,11 +102,12 @@ def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli):
 
 
 def test_run_with_a_model_and_near_dedup_scores_by_shard_then_selects_by_part(clean_pool, tmp_path, run_cli,
-                                                                              clip_twin):
+                                                                              clip_twin, fused_and_graph,
+                                                                              decision_rows):
     """The near_dedup preset with the tiny CLIP: scored by shard, near-duplicates by part. Model scores
     may differ from RunInference's in the last float32 bits (tests/e2e/test_score_by_shard.py); the
     kept uids and the output shards are the same bytes."""
-    fused, general = _both(run_cli, tmp_path, "near", "run", "--recipe", "near_dedup",
+    fused, general = fused_and_graph("near", "run", "--recipe", "near_dedup",
                            "--input", f"{clean_pool[0]}/*.tar", "--test-models", clip_twin,
                            "--set", "near_dedup.tolerance=8")
     assert _report(fused)["timings"]["execution"] == "by_shard, then by_part"
@@ -124,20 +115,21 @@ def test_run_with_a_model_and_near_dedup_scores_by_shard_then_selects_by_part(cl
         with open(os.path.join(fused, rel), "rb") as a, open(os.path.join(general, rel), "rb") as b:
             assert a.read() == b.read(), rel
     strip = ("clip_score", "clip_flipped_score")
-    a, b = _rows(fused), _rows(general)
+    a, b = decision_rows(fused), decision_rows(general)
     assert [{k: v for k, v in r.items() if k not in strip} for r in a] == \
            [{k: v for k, v in r.items() if k not in strip} for r in b]
     assert any(str(r["reason"]).startswith("near_duplicate_of") for r in a)
     assert not os.path.exists(os.path.join(fused, "verdicts"))
 
 
-def test_run_without_a_model_with_dedup_equals_the_general_graph(pool, tmp_path, run_cli):
+def test_run_without_a_model_with_dedup_equals_the_general_graph(pool, tmp_path, run_cli, fused_and_graph,
+                                                                 decision_rows):
     """Rules, exact and near duplicates on a pool with broken shards: scores by shard, dedup by part;
     every file (scores, decisions, file errors, output shards, uids) is the general graph's."""
     recipe = tmp_path / "dedup.yaml"
     recipe.write_text("name: dedup\nstages:\n  - caption_length: {min_words: 2}\n"
                       "  - exact_dedup: {}\n  - near_dedup: {tolerance: 8}\n")
-    fused, general = _both(run_cli, tmp_path, "dedup", "run", "--recipe", str(recipe), "--input", f"{pool[0]}/*.tar")
+    fused, general = fused_and_graph("dedup", "run", "--recipe", str(recipe), "--input", f"{pool[0]}/*.tar")
     _assert_same_outputs(fused, general, len(glob.glob(os.path.join(general, "decisions", "*.parquet"))))
-    reasons = {str(r["reason"]).split(":")[0] for r in _rows(fused)}
+    reasons = {str(r["reason"]).split(":")[0] for r in decision_rows(fused)}
     assert {"exact_duplicate_of", "near_duplicate_of"} <= reasons, reasons
