@@ -71,7 +71,7 @@ class LocalPoolOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--beam_filter_processes", type=int, default=0,
+        parser.add_argument("--beam_filter_processes", type=int, default=None,   # None: not in a Dataflow job's options
                             help="local runner: processes of beam_filter's pool (default: --direct_num_workers, "
                                  "else one per core)")
 
