@@ -17,7 +17,6 @@ reason), the rows with the smallest ``uid_hashes(uid)`` (a 64-bit hash).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import heapq
 import json
 import re
@@ -682,11 +681,19 @@ class Folded(NamedTuple):
     samples: Any
 
 
-def _fold_basis(meta: dict) -> tuple:
+def _fold_inputs(meta: dict) -> tuple[dict, list[tuple[str, str]]]:
     """What a fold reads from report.json: the thresholds drawn (fixed cuts included) and the stages."""
     thresholds = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
-    return (json.dumps({**_fixed_cuts(meta), **thresholds}, sort_keys=True),
-            tuple(_stage_order(meta, set())))
+    return {**_fixed_cuts(meta), **thresholds}, _stage_order(meta, set())
+
+
+def _fold_basis(meta: dict) -> tuple:
+    """:func:`_fold_inputs` as a comparable value (``Folded.basis``)."""
+    return _basis(*_fold_inputs(meta))
+
+
+def _basis(thresholds: dict, order: list) -> tuple:
+    return json.dumps(thresholds, sort_keys=True), tuple(order)
 
 
 def fold_decisions(output_dir: str, meta: dict, samples_per_group: int = 8) -> Folded:
@@ -702,8 +709,7 @@ def fold_decisions(output_dir: str, meta: dict, samples_per_group: int = 8) -> F
     if missing:
         raise UserError(f"{output_dir}/decisions: parquet files lack column(s) {missing}")
 
-    thresholds = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
-    thresholds = {**_fixed_cuts(meta), **thresholds}
+    thresholds, order = _fold_inputs(meta)
     thr_by_col = _thresholds_by_column(thresholds)
     hist_cols = _histogram_columns(schema, thresholds)
     ranges = _column_ranges(paths, ft, hist_cols)
@@ -715,7 +721,6 @@ def fold_decisions(output_dir: str, meta: dict, samples_per_group: int = 8) -> F
     cluster_cols = _cluster_columns(schema)
     cluster_acc = {c: _ClusterAcc() for c in cluster_cols}
 
-    order = _stage_order(meta, set())
     overlap = _OverlapAcc([st for st, _ in order if st != READ_STAGE], thresholds, set(schema))
 
     wanted = set(_SAMPLE_COLUMNS) | set(hist_cols) | set(cluster_cols) | set(overlap.columns)
@@ -792,7 +797,7 @@ def fold_decisions(output_dir: str, meta: dict, samples_per_group: int = 8) -> F
         overlap.add(tbl, rows.stages, np.where(dropped, rows.stage, -1))
         samples.add(tbl, rows.groups(kept), hist_cols, hashes)
 
-    return Folded(_fold_basis(meta), output_dir, paths, schema, total, kept_n, copies_n, stage_drops, reasons,
+    return Folded(_basis(thresholds, order), output_dir, paths, schema, total, kept_n, copies_n, stage_drops, reasons,
                   added_back, shard_counts, edges, hist_kept, hist_drop, hist_missing, thr_by_col, cluster_acc,
                   overlap, samples)
 
