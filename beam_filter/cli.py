@@ -21,7 +21,7 @@ import re
 import shlex
 import sys
 
-from beam_filter import dataflow
+from beam_filter import dataflow, fsio
 from beam_filter.errors import UserError
 
 
@@ -232,6 +232,7 @@ def cmd_pipeline(args, extra: list[str]) -> int:
         if not job.decision_files:
             raise UserError(f"--decisions {args.decisions}: no decisions/*.parquet found")
         check_decision_files(job.decision_files)
+    _warm_local_pool(job, beam_args)
     from beam_filter.pipeline import run_job     # imports Beam (~1.2 s): only once the job is valid
 
     lock = prepare_output(job.output, overwrite=args.overwrite, resume=job.resume, command=command,
@@ -242,6 +243,35 @@ def cmd_pipeline(args, extra: list[str]) -> int:
         lock.release()
     _print_summary(job, report)
     return 0
+
+
+def _warm_local_pool(job, beam_args: list[str]) -> None:
+    """Where the local runner will start a process pool (in-memory, more than one process, more
+    than one shard, part or file: pipeline.local_processes and the by-part graph decide it the
+    same way later), start its fork server before Beam is imported, so that the server imports
+    the work's modules on another core meanwhile (transforms/local_pool.warm_forkserver), and
+    matplotlib, with which the pool draws report.html's charts at the end (report.make_plots)."""
+    runner = (dataflow.option_value(beam_args, "runner") or "direct").lower()
+    if runner not in ("direct", "directrunner", "fnapirunner"):
+        return
+    if (dataflow.option_value(beam_args, "direct_running_mode") or "in_memory") != "in_memory":
+        return
+    asked = dataflow.option_value(beam_args, "direct_num_workers")
+    processes = int(asked) if asked and asked.isdigit() and int(asked) > 0 else (os.cpu_count() or 1)
+    if job.command == "select" and job.metadata_dir:
+        if fsio.is_remote(job.metadata_dir):
+            return
+        inputs = [f for f in os.listdir(job.metadata_dir) if f.endswith(".parquet")]
+    else:
+        inputs = job.shards or job.score_files or getattr(job, "decision_files", None) or []
+    if processes < 2 or len(inputs) < 2:
+        return
+    from beam_filter.transforms.local_pool import warm_forkserver
+
+    work = "beam_filter.resharding" if job.command == "reshard" else "beam_filter.shard_work"
+    stages = job.recipe.stages if job.recipe is not None else ()
+    charts = [] if fsio.is_remote(job.output) else ["beam_filter.report", "beam_filter.report.plots"]  # report.PLOTS_MODULE
+    warm_forkserver([type(s).__module__ for s in stages] + [work] + charts)
 
 
 def _write_job_file(job, beam_args: list[str], path: str) -> int:

@@ -17,14 +17,18 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def pools_started(monkeypatch):
+    """The pools the pipeline's steps started (a handed pool counts once), not report.html's
+    chart pool (local_pool.preloaded_pool)."""
     started = []
-    real = concurrent.futures.ProcessPoolExecutor.__init__
+    real = local_pool.LocalPoolDoFn._start_pool
 
-    def counted(self, *args, **kwargs):
-        started.append(self)
-        return real(self, *args, **kwargs)
+    def counted(self):
+        pool = real(self)
+        if not any(pool is p for p in started):
+            started.append(pool)
+        return pool
 
-    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "__init__", counted)
+    monkeypatch.setattr(local_pool.LocalPoolDoFn, "_start_pool", counted)
     return started
 
 
@@ -65,3 +69,39 @@ def test_a_handed_pool_nobody_takes_is_stopped(tmp_path):
     assert not local_pool._HANDED
     with pytest.raises(RuntimeError):
         pool.submit(os.getpid)                  # shut down
+
+
+CHARTS_SCRIPT = """
+import json, sys
+from beam_filter.transforms.local_pool import warm_forkserver
+if sys.argv[2] == "warm":
+    warm_forkserver(["beam_filter.report", "beam_filter.report.plots"])
+from beam_filter.report import chart_orders, make_plots, scan
+data = scan(sys.argv[1], samples_per_group=0)
+drawn = make_plots(data)
+print(json.dumps({"matplotlib_here": "matplotlib" in sys.modules, "charts": len(chart_orders(data)),
+                  "png": {k: v.hex() for k, v in sorted(drawn.items())}}))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a chart pool needs two cores")
+def test_report_charts_drawn_on_the_warm_fork_server_are_the_inline_bytes(datacomp_meta, run_cli, tmp_path):
+    """With the fork server warmed with matplotlib (the launcher's warm_forkserver), report.html's
+    charts are drawn on its workers and the launching process never imports matplotlib; without
+    it they are drawn inline. The PNG bytes are the same."""
+    import json
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "out")
+    assert run_cli("select", "--recipe", "datacomp_b32_th025", "--metadata",
+                   os.path.join(datacomp_meta.dir, "metadata"), "--output", out) == 0
+    runs = {}
+    for mode in ("warm", "cold"):
+        done = subprocess.run([sys.executable, "-c", CHARTS_SCRIPT, out, mode], capture_output=True, text=True,
+                              check=True)
+        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["warm"]["charts"] >= 3
+    assert runs["warm"]["matplotlib_here"] is False     # drawn on the pool
+    assert runs["cold"]["matplotlib_here"] is True      # drawn here
+    assert runs["warm"]["png"] == runs["cold"]["png"]
