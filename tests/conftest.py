@@ -89,6 +89,52 @@ def decision_rows():
     return rows
 
 
+def _output_files(output: str) -> dict[str, bytes]:
+    """An output directory's files by relative path, as two runs' outputs are compared: without the
+    lock file and report.html with its PNGs (they show timings), report.json without its timings."""
+    import json
+
+    out = {}
+    for root, _, names in os.walk(output):
+        for name in names:
+            if name in (".beam_filter.lock", "report.html") or (name.startswith("report_") and name.endswith(".png")):
+                continue
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            if name == "report.json" and root == output:
+                report = json.loads(data)
+                report.pop("timings", None)
+                data = json.dumps(report, sort_keys=True).encode()
+            out[os.path.relpath(path, output)] = data
+    return out
+
+
+@pytest.fixture(scope="session")
+def output_files():
+    """``output_files(output) -> {relative path: bytes}``, as the same-outputs checks compare them."""
+    return _output_files
+
+
+@pytest.fixture(scope="session")
+def assert_same_outputs():
+    """``assert_same_outputs(a, b) -> (a's, b's report.json timings.execution)``: the two output
+    directories hold the same files with the same bytes (``output_files``)."""
+    import json
+
+    def check(a: str, b: str) -> tuple[str, str]:
+        fa, fb = _output_files(a), _output_files(b)
+        assert sorted(fa) == sorted(fb)
+        differ = [rel for rel in sorted(fa) if fa[rel] != fb[rel]]
+        assert not differ, f"{a} and {b} differ: {differ}"
+        executions = []
+        for d in (a, b):
+            with open(os.path.join(d, "report.json")) as f:
+                executions.append(json.load(f)["timings"]["execution"])
+        return executions[0], executions[1]
+    return check
+
+
 @pytest.fixture
 def fused_and_graph(run_cli, tmp_path):
     """``fused_and_graph(name, *argv) -> (fused output, graph output)``: the command run twice, on its

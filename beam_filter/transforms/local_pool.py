@@ -66,10 +66,13 @@ def warm_forkserver(modules) -> None:
 
     global _PRELOADED
     preload = sorted(set(modules) | {__name__})
+    # a server a pool started earlier in this process keeps its own preload: then claim nothing
+    fresh = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", 0) is None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(preload)
     forkserver.ensure_running()
-    _PRELOADED = frozenset(preload)
+    if fresh:
+        _PRELOADED = frozenset(preload)
 
 
 @contextlib.contextmanager

@@ -18,9 +18,6 @@ import shutil
 import numpy as np
 import pytest
 
-SKIP = ("report.html", ".beam_filter.lock")
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, run_cli):
     d = str(tmp_path_factory.mktemp("models"))
@@ -51,35 +48,6 @@ CASES = {
 }
 
 
-def _files(output: str) -> dict[str, bytes]:
-    out = {}
-    for root, _, names in os.walk(output):
-        for name in names:
-            if name in SKIP or (name.startswith("report_") and name.endswith(".png")):
-                continue
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                data = f.read()
-            if name == "report.json":
-                report = json.loads(data)
-                report.pop("timings", None)
-                data = json.dumps(report, sort_keys=True).encode()
-            out[os.path.relpath(path, output)] = data
-    return out
-
-
-def _execution(output: str) -> str:
-    with open(os.path.join(output, "report.json")) as f:
-        return json.load(f)["timings"]["execution"]
-
-
-def _assert_same_outputs(a: str, b: str) -> None:
-    fa, fb = _files(a), _files(b)
-    assert sorted(fa) == sorted(fb)
-    differ = [rel for rel in sorted(fa) if fa[rel] != fb[rel]]
-    assert not differ, f"differ from the general graph's: {differ}"
-
-
 def _run_both(run_cli, preset: str, sets: tuple, pool: str, models: str, directory) -> tuple[str, str]:
     """`run` of ``preset`` on the bounded path and on the general graph; their output directories."""
     common = ("run", "--recipe", preset, "--input", f"{pool}/*.tar", "--test-models", models, *sets)
@@ -97,7 +65,8 @@ def semdedup_runs(pool, models, tmp_path_factory, run_cli):
 
 @pytest.mark.parametrize("preset", sorted(CASES))
 def test_run_of_a_group_recipe_is_bounded_and_writes_the_graphs_bytes(preset, pool, tmp_path, run_cli, models,
-                                                                     target_embeddings, request):
+                                                                     target_embeddings, request, output_files,
+                                                                     assert_same_outputs):
     from beam_filter import pipeline
     from beam_filter.recipe import load_recipe
 
@@ -110,15 +79,15 @@ def test_run_of_a_group_recipe_is_bounded_and_writes_the_graphs_bytes(preset, po
         bounded, graph = request.getfixturevalue("semdedup_runs")
     else:
         bounded, graph = _run_both(run_cli, preset, sets, pool[0], models, tmp_path)
-    assert _execution(bounded) == "by_shard, then by_part" and _execution(graph) == "graph"
     assert not os.path.exists(os.path.join(bounded, "work_rows")), "work files are removed when the job ends"
-    files = _files(bounded)
+    files = output_files(bounded)
     assert any(f.startswith("scores/") for f in files) and any(f.startswith("embeddings/") for f in files)
     assert any(f.startswith("decisions/") for f in files) and "uids.npy" in files
-    _assert_same_outputs(bounded, graph)
+    assert assert_same_outputs(bounded, graph) == ("by_shard, then by_part", "graph")
 
 
-def test_resumed_run_reads_the_scores_files_as_the_graph_does(pool, tmp_path, run_cli, models, semdedup_runs):
+def test_resumed_run_reads_the_scores_files_as_the_graph_does(pool, tmp_path, run_cli, models, semdedup_runs,
+                                                              assert_same_outputs):
     """--resume of a finished run: every shard's rows come from its scores file (fp16 embeddings) on
     both paths, the bounded one writing only decisions; outputs still equal."""
     common = ("run", "--recipe", "semdedup", "--input", f"{pool[0]}/*.tar", "--test-models", models,
@@ -132,6 +101,5 @@ def test_resumed_run_reads_the_scores_files_as_the_graph_does(pool, tmp_path, ru
         f.write(b"left by a killed run")
     assert run_cli(*common, "--output", bounded, "--resume") == 0
     assert run_cli(*common, "--output", graph, "--resume", "--no-fusion") == 0
-    assert _execution(bounded) == "by_shard, then by_part"
     assert not os.path.exists(os.path.join(bounded, "work_rows"))
-    _assert_same_outputs(bounded, graph)
+    assert assert_same_outputs(bounded, graph) == ("by_shard, then by_part", "graph")

@@ -21,33 +21,17 @@ def clip_twin(tmp_path_factory):
     return d
 
 
-def _files(output: str) -> list[str]:
-    return sorted(os.path.relpath(p, output) for p in glob.glob(os.path.join(output, "**", "*"), recursive=True)
-                  if os.path.isfile(p) and not os.path.basename(p).startswith(("report", ".")))
-
-
-def _report(output: str) -> dict:
-    with open(os.path.join(output, "report.json")) as f:
-        return json.load(f)
-
-
-def _assert_same_outputs(fused: str, general: str, parts: int) -> None:
-    names = _files(general)
-    assert names == _files(fused)
-    assert len([n for n in names if n.startswith("decisions")]) == parts
-    for rel in names:
-        with open(os.path.join(fused, rel), "rb") as a, open(os.path.join(general, rel), "rb") as b:
-            assert a.read() == b.read(), rel
-    rf, rg = _report(fused), _report(general)
-    assert rf.pop("timings")["execution"].endswith("by_part") and rg.pop("timings")["execution"] == "graph"
-    assert rf == rg                                          # counts, funnel, stages, thresholds named
+def _same_outputs(check, fused: str, general: str, parts: int) -> None:
+    """Byte-identical files (conftest ``assert_same_outputs``), ``parts`` decisions files, no work files left."""
+    execution, graph = check(fused, general)
+    assert execution.endswith("by_part") and graph == "graph"
+    assert len(glob.glob(os.path.join(fused, "decisions", "*.parquet"))) == parts
     assert not os.path.exists(os.path.join(fused, "verdicts"))      # the work files are gone
 
 
-
-
 def test_group_stages_on_scores_equal_the_general_graph(clean_pool, tmp_path, run_cli, clip_twin,
-                                                        fused_and_graph, decision_rows):
+                                                        fused_and_graph, decision_rows,
+                                                        assert_same_outputs):
     """Caption counts, near-duplicates, SemDeDup, a top fraction after them, cluster balance and
     exact dedup, in that order, on the scores (fp16 embeddings, pHashes) of a score run."""
     recipe = tmp_path / "groups.yaml"
@@ -65,13 +49,14 @@ def test_group_stages_on_scores_equal_the_general_graph(clean_pool, tmp_path, ru
                    "--test-models", clip_twin) == 0
     fused, general = fused_and_graph("groups", "select", "--recipe", str(recipe), "--scores", scores,
                            "--test-models", clip_twin)
-    _assert_same_outputs(fused, general, 3)
+    _same_outputs(assert_same_outputs, fused, general, 3)
     stages = {r["stage"] for r in decision_rows(fused)}
     assert {"caption_frequency", "semdedup", "top", "cluster_balance"} <= stages, stages
     assert "semdedup_cluster" in decision_rows(fused)[0] and "caption_frequency_count" in decision_rows(fused)[0]
 
 
-def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli, fused_and_graph, decision_rows):
+def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli, fused_and_graph, decision_rows,
+                                                          assert_same_outputs):
     """A devil_details-like chain on DataComp metadata: pool caption counts first, a rule, a top
     fraction, SemDeDup, density pruning, cluster importance, quality duplication, and an add-back."""
     from beam_filter.devtools.synthetic_metadata import write_synthetic_metadata
@@ -92,7 +77,7 @@ def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli, fus
         f"  - quality_duplication: {{{clusters}, score: clip_l14_similarity_score}}\n"
         "add_back:\n  - long_caption: {type: caption_length, min_words: 12}\n")
     fused, general = fused_and_graph("devil", "select", "--recipe", str(recipe), "--metadata", meta)
-    _assert_same_outputs(fused, general, 3)
+    _same_outputs(assert_same_outputs, fused, general, 3)
     rows = decision_rows(fused)
     assert len(rows) == 2400
     stages = {r["stage"] for r in rows}
@@ -103,15 +88,17 @@ def test_group_stages_on_metadata_equal_the_general_graph(tmp_path, run_cli, fus
 
 def test_run_with_a_model_and_near_dedup_scores_by_shard_then_selects_by_part(clean_pool, tmp_path, run_cli,
                                                                               clip_twin, fused_and_graph,
-                                                                              decision_rows):
+                                                                              decision_rows,
+                                                                              output_files):
     """The near_dedup preset with the tiny CLIP: scored by shard, near-duplicates by part. Model scores
     may differ from RunInference's in the last float32 bits (tests/e2e/test_score_by_shard.py); the
     kept uids and the output shards are the same bytes."""
     fused, general = fused_and_graph("near", "run", "--recipe", "near_dedup",
                            "--input", f"{clean_pool[0]}/*.tar", "--test-models", clip_twin,
                            "--set", "near_dedup.tolerance=8")
-    assert _report(fused)["timings"]["execution"] == "by_shard, then by_part"
-    for rel in ["uids.npy"] + [n for n in _files(general) if n.startswith("shards")]:
+    with open(os.path.join(fused, "report.json")) as f:
+        assert json.load(f)["timings"]["execution"] == "by_shard, then by_part"
+    for rel in ["uids.npy"] + [n for n in output_files(general) if n.startswith("shards")]:
         with open(os.path.join(fused, rel), "rb") as a, open(os.path.join(general, rel), "rb") as b:
             assert a.read() == b.read(), rel
     strip = ("clip_score", "clip_flipped_score")
@@ -123,13 +110,14 @@ def test_run_with_a_model_and_near_dedup_scores_by_shard_then_selects_by_part(cl
 
 
 def test_run_without_a_model_with_dedup_equals_the_general_graph(pool, tmp_path, run_cli, fused_and_graph,
-                                                                 decision_rows):
+                                                                 decision_rows,
+                                                                 assert_same_outputs):
     """Rules, exact and near duplicates on a pool with broken shards: scores by shard, dedup by part;
     every file (scores, decisions, file errors, output shards, uids) is the general graph's."""
     recipe = tmp_path / "dedup.yaml"
     recipe.write_text("name: dedup\nstages:\n  - caption_length: {min_words: 2}\n"
                       "  - exact_dedup: {}\n  - near_dedup: {tolerance: 8}\n")
     fused, general = fused_and_graph("dedup", "run", "--recipe", str(recipe), "--input", f"{pool[0]}/*.tar")
-    _assert_same_outputs(fused, general, len(glob.glob(os.path.join(general, "decisions", "*.parquet"))))
+    _same_outputs(assert_same_outputs, fused, general, len(glob.glob(os.path.join(general, "decisions", "*.parquet"))))
     reasons = {str(r["reason"]).split(":")[0] for r in decision_rows(fused)}
     assert {"exact_duplicate_of", "near_duplicate_of"} <= reasons, reasons
