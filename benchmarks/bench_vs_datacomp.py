@@ -21,12 +21,18 @@ exactly the edits in :data:`PATCHES`, each found verbatim once or the benchmark 
    local file for a name instead of fetching it (no network here): ``fasttext`` -> the
    ``lid.176.ftz`` beam_filter bundles (DataComp fetches ``lid.176.bin``,
    which cannot be fetched offline -- both tools must use the same model for the outputs to
-   be comparable), ``<scale>_centroids`` and ``in1k_clip_vit_l14_<i>`` -> the random files
-   written here.
+   be comparable), ``imagenet21k_wordnet_ids`` -> beam_filter's bundled copy (the same sha256),
+   ``<scale>_centroids`` and ``in1k_clip_vit_l14_<i>`` -> the random files written here.
 2. ``baselines.py`` ``check_args``: image_based no longer demands ``torch.cuda.is_available()``.
-3. ``baselines/apply_filter.py`` ``get_centroid_ids_gpu``: the device is ``cpu`` instead
+3. ``baselines/apply_filter.py`` ``apply_filter``: text_based skips ``nltk.download("wordnet")``;
+   ``NLTK_DATA`` points nltk at a copy of the WordNet 3.0 database beam_filter reads (Debian's
+   wordnet-base in /usr/share/wordnet, plus WordNet's ``lexnames`` and an empty ``index.sense``,
+   which nltk's reader wants present and reads only for sense keys).
+4. ``baselines/apply_filter.py`` ``get_centroid_ids_gpu``: the device is ``cpu`` instead
    of ``cuda:<i>``; ``--num_gpus`` (set to ``--workers``) is then its number of CPU worker
    processes, as ``--num_workers`` is for the other baselines.
+
+text_based has no preset of ours: the harness writes the one-stage recipe ``text_based: {}``.
 
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set for the peer (an environment variable, not an
 edit): torch >= 2.6 would refuse the numpy array inside DataComp's centroid ``.pt`` files.
@@ -72,7 +78,21 @@ BASELINES = {
     "image_based": ["--name", "image_based", "--image_based_scale", "small"],
     "image_based_intersect_clip_score": ["--name", "image_based_intersect_clip_score", "--arch", "l14",
                                          "--fraction", "0.3", "--image_based_scale", "small"],
+    "laion2b": ["--name", "laion2b"],
+    "no_filter": ["--name", "no_filter"],
+    "text_based": ["--name", "text_based"],
 }
+# baselines with no preset of ours: the recipe file the harness writes for them
+RECIPE_FILES = {"text_based": "name: text_based\nstages:\n  - text_based: {}\n"}
+# WordNet 3.0's lexicographer files (its dict/lexnames), which nltk's reader opens and Debian's
+# wordnet-base does not ship; the rest of the WordNet database is linked from /usr/share/wordnet.
+WORDNET_LEXNAMES = ["adj.all", "adj.pert", "adv.all"] + [f"noun.{n}" for n in (
+    "Tops act animal artifact attribute body cognition communication event feeling food group location "
+    "motive object person phenomenon plant possession process quantity relation shape state substance "
+    "time").split()] + [f"verb.{n}" for n in (
+    "body change cognition communication competition consumption contact creation emotion motion "
+    "perception possession social stative weather").split()] + ["adj.ppl"]
+WORDNET_DIR = "/usr/share/wordnet"
 # The peer's virtualenv (--make-venv), from PyPI: what baselines.py imports, at the versions measured.
 # numpy < 2 for fasttext 0.9.3 (its predict() uses np.array(copy=False)); pyarrow 19 is the last
 # that takes numpy 1.x; fasttext 0.9.3 builds from source (g++, pybind11) and has tokenize(), which
@@ -89,13 +109,19 @@ PATCHES = [
      '    if root is None:\n        root = os.path.expanduser("~/.cache/datacomp")',
      '    local = os.environ.get("DATACOMP_LOCAL_ASSETS")  # bench_vs_datacomp: offline, local files\n'
      '    if local:\n'
-     '        return os.path.join(local, "lid.176.ftz" if name == "fasttext" else f"{name}.pt")\n'
+     '        return os.path.join(local, {"fasttext": "lid.176.ftz", "imagenet21k_wordnet_ids":\n'
+     '                                    "imagenet21k_wordnet_ids.txt"}.get(name, f"{name}.pt"))\n'
      '    if root is None:\n        root = os.path.expanduser("~/.cache/datacomp")',
      "no network: assets come from local files"),
     ("baselines.py",
      '    if "image_based" in args.name and not torch.cuda.is_available():',
      '    if False:  # bench_vs_datacomp: image_based runs on the CPU',
      "no GPU here"),
+    ("baselines/apply_filter.py",
+     '        nltk.download("wordnet")\n',
+     '        if not os.environ.get("DATACOMP_LOCAL_ASSETS"):  # bench_vs_datacomp: NLTK_DATA has it\n'
+     '            nltk.download("wordnet")\n',
+     "no network: WordNet from the local database"),
     ("baselines/apply_filter.py",
      '    device_string = f"cuda:{device}"',
      '    device_string = "cpu"  # bench_vs_datacomp: no GPU here',
@@ -151,6 +177,31 @@ def make_venv(python: str) -> None:
     subprocess.run(pip + PEER_PACKAGES_BUILT, check=True)
 
 
+def write_wordnet(assets: str) -> None:
+    """What text_based reads: the ImageNet-21k WordNet ids (our bundled copy, the same sha256 as
+    DataComp's download) and, for nltk, ``nltk_data/corpora/wordnet``: a copy of WordNet 3.0 from
+    Debian's wordnet-base (the database beam_filter reads) plus its ``lexnames``."""
+    from beam_filter.rules import wordnet
+
+    ids = os.path.join(assets, "imagenet21k_wordnet_ids.txt")
+    if not os.path.lexists(ids):
+        os.symlink(os.path.join(os.path.dirname(os.path.abspath(wordnet.__file__)), "data", wordnet.IN21K_FILE), ids)
+    corpus = os.path.join(assets, "nltk_data", "corpora", "wordnet")
+    os.makedirs(corpus, exist_ok=True)
+    if os.path.isdir(WORDNET_DIR):       # copies: nltk 3.10 refuses links that leave its corpus root
+        for name in os.listdir(WORDNET_DIR):
+            if os.path.islink(os.path.join(corpus, name)):
+                os.remove(os.path.join(corpus, name))
+            if not os.path.exists(os.path.join(corpus, name)):
+                shutil.copyfile(os.path.join(WORDNET_DIR, name), os.path.join(corpus, name))
+    # nltk's reader wants index.sense to exist (wordnet-sense-index, another Debian package); it only
+    # reads it for sense keys, which synsets() does not use
+    open(os.path.join(corpus, "index.sense"), "a").close()
+    with open(os.path.join(corpus, "lexnames"), "w") as f:
+        f.writelines(f"{i:02d}\t{name}\t{ {'adj': 3, 'adv': 4, 'noun': 1, 'verb': 2}[name.split('.')[0]] }\n"
+                     for i, name in enumerate(WORDNET_LEXNAMES))
+
+
 def write_assets(workdir: str, n_centroids: int, dim: int = 768) -> dict:
     """Random centroids (as bench_select.image_based_files) and ImageNet-1k-like embeddings whose
     nearest centroids are the even ids, in DataComp's .pt format and as .npy."""
@@ -178,6 +229,7 @@ def write_assets(workdir: str, n_centroids: int, dim: int = 768) -> dict:
         pt_feats.append(path)
     from beam_filter.rules.language import bundled_lid_model_path
 
+    write_wordnet(assets)
     link = os.path.join(assets, "lid.176.ftz")
     if os.path.lexists(link) and os.path.realpath(link) != os.path.realpath(bundled_lid_model_path()):
         os.remove(link)     # a link to an older install's model
@@ -192,6 +244,11 @@ def write_assets(workdir: str, n_centroids: int, dim: int = 768) -> dict:
 # ---- one run ---------------------------------------------------------------------------
 
 def ours_cmd(recipe: str, meta: str, out: str, workers: int, assets: dict, use_npy: bool) -> list[str]:
+    if recipe in RECIPE_FILES:
+        path = os.path.join(assets["dir"], f"{recipe}.yaml")
+        with open(path, "w") as f:
+            f.write(RECIPE_FILES[recipe])
+        recipe = path
     cmd = [sys.executable, "-m", "beam_filter.cli", "select", "--recipe", recipe, "--metadata", meta,
            "--output", out, "--no-progress"]
     if recipe.startswith("image_based"):
@@ -239,6 +296,7 @@ def compare_uids(recipe: str, rows: int, workdir: str) -> tuple[bool, list[int]]
 
 def peer_env(assets: dict) -> None:
     os.environ["DATACOMP_LOCAL_ASSETS"] = assets["dir"]
+    os.environ["NLTK_DATA"] = os.path.join(assets["dir"], "nltk_data")
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.setdefault("BEAM_FILTER_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
