@@ -251,22 +251,22 @@ def _warm_local_pool(job, beam_args: list[str]) -> None:
     same way later), start its fork server before Beam is imported, so that the server imports
     the work's modules on another core meanwhile (transforms/local_pool.warm_forkserver), and
     matplotlib, with which the pool draws report.html's charts at the end (report.make_plots)."""
-    runner = (dataflow.option_value(beam_args, "runner") or "direct").lower()
-    if runner not in ("direct", "directrunner", "fnapirunner"):
+    from beam_filter.transforms.local_pool import local_pool_size, warm_forkserver
+
+    if not dataflow.is_local_runner(dataflow.option_value(beam_args, "runner")):
         return
     if (dataflow.option_value(beam_args, "direct_running_mode") or "in_memory") != "in_memory":
         return
     asked = dataflow.option_value(beam_args, "direct_num_workers")
-    processes = int(asked) if asked and asked.isdigit() and int(asked) > 0 else (os.cpu_count() or 1)
+    processes = local_pool_size(int(asked) if asked and asked.isdigit() else None)
     if job.command == "select" and job.metadata_dir:
         if fsio.is_remote(job.metadata_dir):
-            return
-        inputs = [f for f in os.listdir(job.metadata_dir) if f.endswith(".parquet")]
+            return      # listing it would import Beam, which this is meant to run ahead of
+        inputs = fsio.list_files(job.metadata_dir, "*.parquet")
     else:
-        inputs = job.shards or job.score_files or getattr(job, "decision_files", None) or []
+        inputs = job.shards or job.score_files or job.decision_files
     if processes < 2 or len(inputs) < 2:
         return
-    from beam_filter.transforms.local_pool import warm_forkserver
 
     work = "beam_filter.resharding" if job.command == "reshard" else "beam_filter.shard_work"
     stages = job.recipe.stages if job.recipe is not None else ()

@@ -56,6 +56,7 @@ from beam_filter.errors import UserError
 _LOG = logging.getLogger(__name__)
 
 DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
+LOCAL_RUNNER_NAMES = {"directrunner", "direct", "fnapirunner"}
 DEFAULT_MACHINE_TYPE = "n2-standard-8"
 DEFAULT_MAX_WORKERS = 32
 # Machine type of a one-GPU worker per GPU type (Dataflow needs it for MPS; right fitting uses it too).
@@ -87,6 +88,11 @@ def option_values(args: list[str], name: str) -> list[str]:
         elif a.startswith(flag + "="):
             out.append(a.split("=", 1)[1])
     return out
+
+
+def is_local_runner(name) -> bool:
+    """``--runner`` ``name`` (None: not given) is the local runner."""
+    return name is None or str(name).lower() in LOCAL_RUNNER_NAMES
 
 
 def is_dataflow(beam_args: list[str]) -> bool:

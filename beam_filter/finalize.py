@@ -319,15 +319,16 @@ def _warnings(counts: Counter) -> dict:
     return out
 
 
-def warm_report_imports(output_dir: str):
-    """Import the HTML report's modules (matplotlib, PIL: ~0.3 s of pure-Python import) in a
-    daemon thread while the pipeline runs, so finalize does not do it after the last shard or
-    part, when nothing else is left to overlap with: the launcher's main thread mostly waits on
-    the runner then. Returns the thread (joined by nobody: finalize's own import waits on the
-    module lock if it is still running). Nothing to warm for a remote output, whose HTML is
-    drawn later by ``beam-filter report`` on a local copy; an ImportError is left for finalize."""
+def warm_report_imports(output_dir: str) -> None:
+    """Import the HTML report's modules (PIL, the report's data and page modules; matplotlib only
+    where the charts are drawn here, see report.make_plots) in a daemon thread while the pipeline
+    runs, so finalize does not do it after the last shard or part, when nothing else is left to
+    overlap with: the launcher's main thread mostly waits on the runner then. Nobody joins the
+    thread: finalize's own import waits on the module lock if it is still running. Nothing to warm
+    for a remote output, whose HTML is drawn later by ``beam-filter report`` on a local copy; an
+    ImportError is left for finalize."""
     if fsio.is_remote(output_dir):
-        return None
+        return
     import importlib
     import threading
 
@@ -337,15 +338,13 @@ def warm_report_imports(output_dir: str):
         except Exception:  # noqa: BLE001 - finalize imports it again and handles what fails
             pass
 
-    thread = threading.Thread(target=load, name="warm_report_imports", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=load, name="warm_report_imports", daemon=True).start()
 
 
 def _summary_and_report_fold(decision_files: list[str], out: str, planned: dict):
     """:func:`decision_summary`, in a helper thread, while this one imports the HTML report's
-    modules (matplotlib, PIL; usually done already, see :func:`warm_report_imports`) and folds the
-    decisions for report.html (``report.data.fold_decisions``, given what report.json is about to say:
+    modules (usually done already, see :func:`warm_report_imports`) and folds the decisions for
+    report.html (``report.data.fold_decisions``, given what report.json is about to say:
     ``planned``). Returns (summary, fold); the fold is None where no HTML is drawn.
 
     Both passes are Arrow and numpy work that mostly runs without the GIL, so on a second core

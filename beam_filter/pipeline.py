@@ -12,13 +12,13 @@ wrote, so a retried or resumed job always reports what is really on disk.
 
 from __future__ import annotations
 
-import os
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
 from beam_filter import fsio, tables
+from beam_filter.dataflow import is_local_runner
 from beam_filter.errors import UserError
 from beam_filter.job import Job
 from beam_filter.output_blur import face_blur
@@ -26,6 +26,7 @@ from beam_filter.blur_metadata import inject_hook
 from beam_filter.registry import GroupStage
 from beam_filter.selection import can_select_by_parts, is_local
 from beam_filter.transforms.fused import FusedShardFn
+from beam_filter.transforms.local_pool import local_pool_size
 from beam_filter.transforms.reshard import WriteShards
 from beam_filter.shard_work import score_row
 from beam_filter.layout import OutputLayout, shard_stem
@@ -34,7 +35,6 @@ from beam_filter.transforms.score import FILE_ERRORS, ReadWebDataset, RunModelSt
 from beam_filter.transforms.select import ApplyStages
 from beam_filter.transforms.tables import ReadScoreRows, WriteFileErrors, WriteShardTables
 
-LOCAL_RUNNER_NAMES = {"directrunner", "direct", "fnapirunner"}
 
 
 # ---- options and runner -------------------------------------------------------
@@ -83,12 +83,7 @@ def local_processes(options: PipelineOptions) -> int:
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "in_memory":
         return 0
-    asked = options.view_as(LocalPoolOptions).beam_filter_processes
-    return max(1, int(asked) if asked else (os.cpu_count() or 1))
-
-
-def is_local_runner(name) -> bool:
-    return name is None or str(name).lower() in LOCAL_RUNNER_NAMES
+    return local_pool_size(options.view_as(LocalPoolOptions).beam_filter_processes)
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:

@@ -367,7 +367,6 @@ def process_shard_path(path: str, feature_stages, select_stages, layout: OutputL
     return process_shard(path, feature_stages, select_stages, layout, metadata, resumed=path in resumed)
 
 
-
 # ---- summary-staged stages (fused_rank): per-part summaries and rank keys (transforms/part_ranges.py) ----
 
 SUMMARY_SIDE = "_summary"     # the side input that carries the pool's summary to part_summary_keys

@@ -46,6 +46,11 @@ _HANDED: dict = {}      # pool key -> a running executor a hands_on step left fo
 _PRELOADED: frozenset = frozenset()     # what the fork server warm_forkserver started imported
 
 
+def local_pool_size(asked: int | None) -> int:
+    """Processes of the local pool: ``asked`` (``--direct_num_workers``), else one per core."""
+    return max(1, int(asked) if asked else (os.cpu_count() or 1))
+
+
 def stop_handed_pools() -> None:
     """Stop the pools no later step took over (the launcher calls it when the pipeline is done)."""
     while _HANDED:
